@@ -1,0 +1,97 @@
+"""The `labkit` command: `labkit cloud up|down|status|reset|env`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from labkit.cloud import process
+from labkit.cloud.settings import PACES, CloudSettings
+from labkit.paths import cloud_home
+
+
+def _up(args: argparse.Namespace) -> int:
+    settings = CloudSettings.from_env(
+        pace=args.pace, deterministic=True if args.deterministic else None, port=args.port)
+    info = process.up(settings)
+    print(f"labkit cloud is up at {info.url} (pid {info.pid}), state in {info.home}")
+    print('Point the openstack CLI at it with: eval "$(labkit cloud env)"')
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    stopped = process.down(cloud_home())
+    print("labkit cloud stopped" if stopped else "labkit cloud was not running")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    home = cloud_home()
+    info = process.running(home)
+    settings_file = home / "settings.json"
+    settings = json.loads(settings_file.read_text()) if settings_file.exists() else {}
+    if args.json:
+        print(json.dumps({"running": info is not None, "home": str(home),
+                          "url": info.url if info else None, "pid": info.pid if info else None,
+                          "settings": settings}, indent=2))
+    elif info is None:
+        print(f"labkit cloud is not running (state folder {home})")
+    else:
+        print(f"labkit cloud is running at {info.url} (pid {info.pid})")
+        print(f"  state folder  {home}")
+        print(f"  pace          {settings.get('pace')}")
+        print(f"  deterministic {settings.get('deterministic')}")
+        print(f"  clouds.yaml   {info.clouds_yaml} (clouds: labkit, labkit-admin)")
+    return 0 if info is not None else 3
+
+
+def _reset(args: argparse.Namespace) -> int:
+    info = process.reset(cloud_home())
+    if info:
+        print(f"labkit cloud reset to the lab's first state and running at {info.url}")
+    else:
+        print("labkit cloud state removed; the next `labkit cloud up` starts from the lab's "
+              "first state")
+    return 0
+
+
+def _env(args: argparse.Namespace) -> int:
+    info = process.running(cloud_home())
+    if info is None:
+        print("labkit cloud is not running: start it with `labkit cloud up`", file=sys.stderr)
+        return 1
+    sys.stdout.write(process.env_exports(info))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="labkit", description="The life of a VM, explorable.")
+    sub = p.add_subparsers(dest="group", required=True)
+    cloud = sub.add_parser("cloud", help="the embedded cloud")
+    cmds = cloud.add_subparsers(dest="command", required=True)
+    up = cmds.add_parser("up", help="start it in the background (or reuse the running one)")
+    up.add_argument("--pace", choices=PACES, default=None, help="fast for tests, teach for demos")
+    up.add_argument("--deterministic", action="store_true", help="seeded ids and tokens")
+    up.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: free)")
+    up.set_defaults(func=_up)
+    cmds.add_parser("down", help="stop it and everything it started").set_defaults(func=_down)
+    status = cmds.add_parser("status", help="is it running, where, with which settings")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=_status)
+    cmds.add_parser("reset", help="back to the lab's first state").set_defaults(func=_reset)
+    cmds.add_parser("env", help="shell exports for the openstack CLI").set_defaults(func=_env)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except process.CloudError as exc:
+        print(f"labkit: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

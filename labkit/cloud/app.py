@@ -1,0 +1,78 @@
+"""The embedded cloud: its components, and the one HTTP app that mounts every service."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from sqlalchemy.orm import DeclarativeBase
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from labkit.cloud.db import Database
+from labkit.cloud.identity.backend import IdentityBackend
+from labkit.cloud.identity.bootstrap import bootstrap
+from labkit.cloud.identity.handlers import anonymous as keystone_anonymous
+from labkit.cloud.identity.handlers import build_identity_app
+from labkit.cloud.identity.models import IdentityBase
+from labkit.cloud.identity.tokens import FernetTokens
+from labkit.cloud.ids import IdSource
+from labkit.cloud.inspection import build_inspection_app, never_anonymous
+from labkit.cloud.middleware import TokenMiddleware, TraceMiddleware
+from labkit.cloud.settings import CloudSettings
+from labkit.cloud.trace import Trace
+
+
+class Cloud:
+    """Every component of one embedded cloud, wired together. State lives under settings.home."""
+
+    def __init__(self, settings: CloudSettings, base_url: str, boot: int = 0) -> None:
+        self.settings = settings
+        self.base_url = base_url
+        self.started_at = time.time()
+        home = settings.home
+        self.ids = IdSource(settings.deterministic, settings.seed, boot)
+        self.trace = Trace(home / "labkit.sqlite")
+        self.identity_db = Database(home / "keystone.sqlite", IdentityBase)
+        self.identity = IdentityBackend(
+            self.identity_db, FernetTokens(home / "fernet-keys", self.ids), self.ids,
+            bcrypt_rounds=settings.bcrypt_rounds, token_ttl=settings.token_ttl)
+        bootstrap(self.identity, settings.lab, base_url)
+        self.services = {"keystone": "/identity", "labkit-inspector": "/labkit/v1"}
+
+    def databases(self) -> dict[str, tuple[Database, type[DeclarativeBase]]]:
+        """Each service's database and its tables, for the inspection API."""
+        return {"identity": (self.identity_db, IdentityBase)}
+
+    def protected(self, app: Starlette, service: str, anonymous) -> TokenMiddleware:  # type: ignore[no-untyped-def]
+        """A service's app behind the one token middleware every service mounts."""
+        return TokenMiddleware(app, service=service, validate=self.identity.validate,
+                               trace=self.trace, anonymous=anonymous)
+
+    def close(self) -> None:
+        self.identity_db.close()
+        self.trace.db.close()
+
+
+def build_app(cloud: Cloud) -> TraceMiddleware:
+    async def root(request: Request) -> Response:
+        return JSONResponse({"labkit": "the embedded cloud", "services": cloud.services})
+
+    app = Starlette(routes=[
+        Route("/", root),
+        Mount("/identity", app=cloud.protected(build_identity_app(cloud.identity), "keystone",
+                                               keystone_anonymous)),
+        Mount("/labkit/v1", app=cloud.protected(build_inspection_app(cloud), "labkit-inspector",
+                                                never_anonymous)),
+    ])
+    return TraceMiddleware(app, cloud.trace, cloud.ids)
+
+
+def next_boot(home: Path) -> int:
+    """0 on a fresh state folder, one more at each start after."""
+    path = home / "boot"
+    boot = int(path.read_text()) + 1 if path.exists() else 0
+    path.write_text(str(boot))
+    return boot

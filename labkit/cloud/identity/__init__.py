@@ -1,0 +1,1 @@
+"""Keystone: tokens, the catalog, and who may do what."""

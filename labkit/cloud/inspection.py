@@ -1,0 +1,126 @@
+"""The admin-only inspection API under /labkit/v1/: what the public APIs cannot show.
+
+The trace, a token's insides, and the database rows, read from the same
+objects the cloud runs on. `labkit.inspect` is its client.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from typing import TYPE_CHECKING
+
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy import select
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from labkit.cloud.errors import BadRequest, Forbidden, NotFound, ServiceError
+from labkit.cloud.http import context, read_json
+from labkit.cloud.identity.exceptions import TokenNotFound, error_response
+from labkit.cloud.identity.models import IdentityBase
+
+if TYPE_CHECKING:
+    from labkit.cloud.app import Cloud
+
+
+def _float(request: Request, name: str) -> float | None:
+    value = request.query_params.get(name)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise BadRequest(f"{name} must be a number of seconds since the epoch") from exc
+
+
+def build_inspection_app(cloud: Cloud) -> Starlette:
+    def admin(request: Request) -> None:
+        if not context(request).is_admin:
+            raise Forbidden("The inspection API is for admins: use the labkit-admin cloud.")
+
+    async def index(request: Request) -> Response:
+        admin(request)
+        s = cloud.settings
+        return JSONResponse({"labkit": {
+            "version": "v1", "pace": s.pace, "deterministic": s.deterministic,
+            "bcrypt_rounds": s.bcrypt_rounds, "token_ttl": s.token_ttl,
+            "boot": cloud.ids.boot, "started_at": cloud.started_at,
+            "services": sorted(cloud.services),
+            "tables": {"identity": sorted(IdentityBase.metadata.tables)},
+        }})
+
+    async def trace(request: Request) -> Response:
+        admin(request)
+        q = request.query_params
+        try:
+            limit = int(q.get("limit", "1000"))
+        except ValueError as exc:
+            raise BadRequest("limit must be a whole number") from exc
+        events = cloud.trace.query(request_id=q.get("request_id"), since=_float(request, "since"),
+                                   until=_float(request, "until"), kind=q.get("kind"),
+                                   limit=limit)
+        return JSONResponse({"events": [e.to_dict() for e in events]})
+
+    async def decode_token(request: Request) -> Response:
+        """A Fernet token taken apart: its envelope, and the payload only the cloud can read."""
+        admin(request)
+        token = (await read_json(request)).get("token")
+        if not isinstance(token, str):
+            raise BadRequest("Expecting a JSON object with the token as a string in 'token'.")
+        try:
+            payload = cloud.identity.tokens.read(token)
+        except Exception as exc:
+            raise TokenNotFound("the token is malformed or was not issued here") from exc
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        envelope = {
+            "version": raw[0],
+            "timestamp": struct.unpack(">Q", raw[1:9])[0],
+            "iv": raw[9:25].hex(),
+            "ciphertext_bytes": len(raw) - 25 - 32,
+            "hmac": raw[-32:].hex(),
+            "token_chars": len(token),
+        }
+        return JSONResponse({"envelope": envelope, "payload": {
+            "user_id": payload.user_id, "methods": list(payload.methods),
+            "project_id": payload.project_id, "domain_id": payload.domain_id,
+            "expires_at": payload.expires_at, "audit_ids": list(payload.audit_ids)}})
+
+    async def table_rows(request: Request) -> Response:
+        admin(request)
+        service, table = request.path_params["service"], request.path_params["table"]
+        db, base = cloud.databases().get(service, (None, None))
+        if db is None or table not in base.metadata.tables:
+            raise NotFound(f"No table {table!r} in service {service!r}.")
+        columns = base.metadata.tables[table]
+        with db.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(select(columns))]
+        names = [c["name"] for c in sa_inspect(db.engine).get_columns(table)]
+        return JSONResponse({"service": service, "table": table, "columns": names,
+                             "rows": rows}, media_type="application/json")
+
+    async def service_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ServiceError)
+        return error_response(exc)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return error_response(ServiceError(str(exc.detail)) if exc.status_code >= 500
+                              else NotFound() if exc.status_code == 404
+                              else BadRequest(str(exc.detail)))
+
+    return Starlette(routes=[
+        Route("/", index, methods=["GET"]),
+        Route("/trace", trace, methods=["GET"]),
+        Route("/tokens/decode", decode_token, methods=["POST"]),
+        Route("/db/{service}/{table}", table_rows, methods=["GET"]),
+    ], exception_handlers={ServiceError: service_error, HTTPException: http_error})
+
+
+def never_anonymous(method: str, path: str) -> bool:
+    return False
+
+

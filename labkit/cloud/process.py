@@ -1,0 +1,157 @@
+"""Start, stop, find and reset the embedded cloud's process. The CLI and labkit.connect use this."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from labkit.cloud.settings import CloudSettings
+from labkit.paths import cloud_home
+
+# What `reset` removes: the state, never the settings or the log.
+STATE_FILES = ("*.sqlite", "*.sqlite-wal", "*.sqlite-shm", "boot", "fernet-keys", "clouds.yaml")
+
+
+class CloudError(RuntimeError):
+    """The embedded cloud did not start or stop as asked."""
+
+
+@dataclass(frozen=True)
+class CloudInfo:
+    home: Path
+    pid: int
+    port: int
+    url: str
+
+    @property
+    def clouds_yaml(self) -> Path:
+        return self.home / "clouds.yaml"
+
+
+def running(home: Path | None = None) -> CloudInfo | None:
+    """The cloud serving this state folder, if one answers."""
+    home = home or cloud_home()
+    try:
+        state = json.loads((home / "cloud.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not _alive(state["pid"]):
+        return None
+    try:
+        ok = httpx.get(state["url"] + "/identity/v3", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        ok = False
+    return CloudInfo(home, state["pid"], state["port"], state["url"]) if ok else None
+
+
+def up(settings: CloudSettings | None = None, timeout: float = 30) -> CloudInfo:
+    """Start the cloud in the background and return once it answers; reuse a running one."""
+    settings = settings or CloudSettings.from_env()
+    home = settings.home
+    info = running(home)
+    if info is not None:
+        return info
+    home.mkdir(parents=True, exist_ok=True)
+    previous = home / "settings.json"
+    if settings.port == 0 and previous.exists():
+        settings = settings.with_port(CloudSettings.from_json(previous.read_text()).port)
+    previous.write_text(settings.to_json())
+    (home / "cloud.json").unlink(missing_ok=True)
+    log = open(home / "cloud.log", "ab")  # noqa: SIM115 - the child keeps it open
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "labkit.cloud.server", str(home)],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True,  # outlives the kernel or shell that started it
+    )
+    log.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise CloudError(f"the embedded cloud exited with status {proc.returncode}; "
+                             f"the end of {home / 'cloud.log'}:\n{_tail(home / 'cloud.log')}")
+        info = running(home)
+        if info is not None:
+            return info
+        time.sleep(0.05)
+    down(home)
+    raise CloudError(f"the embedded cloud did not answer within {timeout:.0f} s; "
+                     f"see {home / 'cloud.log'}")
+
+
+def down(home: Path | None = None, timeout: float = 10) -> bool:
+    """Stop the cloud and everything it started. True if one was running."""
+    home = home or cloud_home()
+    try:
+        pid = json.loads((home / "cloud.json").read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return False
+    if not _alive(pid):
+        (home / "cloud.json").unlink(missing_ok=True)
+        return False
+    _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        _signal_group(pid, signal.SIGKILL)
+    (home / "cloud.json").unlink(missing_ok=True)
+    return True
+
+
+def reset(home: Path | None = None) -> CloudInfo | None:
+    """Put the lab back to its first state; restart the cloud if it was running."""
+    home = home or cloud_home()
+    was_running = down(home)
+    for pattern in STATE_FILES:
+        for path in home.glob(pattern):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if was_running:
+        settings_file = home / "settings.json"
+        return up(CloudSettings.from_json(settings_file.read_text()))
+    return None
+
+
+def env_exports(info: CloudInfo) -> str:
+    """The shell lines that point the openstack CLI at this cloud."""
+    return (f"export OS_CLIENT_CONFIG_FILE={info.clouds_yaml}\n"
+            f"export OS_CLOUD=labkit\n")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours still "exists"; reap it if it is ours
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        os.kill(pid, sig)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

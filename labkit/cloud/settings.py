@@ -1,0 +1,70 @@
+"""Settings of the embedded cloud, read once from the environment or the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from labkit.paths import cloud_home, lab_dir
+
+PACES = ("fast", "teach")
+
+
+def _env_flag(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class CloudSettings:
+    """How one embedded cloud behaves. Saved in its state folder as settings.json."""
+
+    home: Path = field(default_factory=cloud_home)
+    lab: Path = field(default_factory=lab_dir)
+    port: int = 0  # 0: a free port, chosen on first start and then kept
+    pace: str = "fast"  # fast for tests, teach for demos
+    deterministic: bool = False  # seeded ids and tokens
+    seed: int = 2013
+    # keystone's default bcrypt cost is 12; the lab trades strength for speed.
+    bcrypt_rounds: int = 4
+    token_ttl: int = 3600  # seconds, keystone's [token] expiration default
+
+    def __post_init__(self) -> None:
+        if self.pace not in PACES:
+            raise ValueError(f"pace must be one of {', '.join(PACES)}, not {self.pace!r}")
+        if not 4 <= self.bcrypt_rounds <= 31:
+            raise ValueError("bcrypt_rounds must be between 4 and 31")
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> CloudSettings:
+        """Settings from LABKIT_* variables; explicit overrides win."""
+        values: dict[str, object] = {
+            "port": int(os.environ.get("LABKIT_PORT", "0")),
+            "pace": os.environ.get("LABKIT_PACE", "fast"),
+            "deterministic": _env_flag("LABKIT_DETERMINISTIC"),
+            "seed": int(os.environ.get("LABKIT_SEED", "2013")),
+            "bcrypt_rounds": int(os.environ.get("LABKIT_BCRYPT_ROUNDS", "4")),
+            "token_ttl": int(os.environ.get("LABKIT_TOKEN_TTL", "3600")),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    def with_port(self, port: int) -> CloudSettings:
+        return replace(self, port=port)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["home"] = str(self.home)
+        data["lab"] = str(self.lab)
+        return json.dumps(data, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> CloudSettings:
+        data = json.loads(text)
+        data["home"] = Path(data["home"])
+        data["lab"] = Path(data["lab"])
+        return cls(**data)

@@ -1,0 +1,49 @@
+"""`labkit.connect()`: an openstacksdk Connection to a real cloud or to the embedded one."""
+
+from __future__ import annotations
+
+import os
+
+import openstack
+from openstack.config import OpenStackConfig
+from openstack.connection import Connection
+
+from labkit.cloud import process
+
+EMBEDDED_CLOUDS = ("labkit", "labkit-admin")
+
+
+class NoAdminAccess(RuntimeError):
+    """This cloud's configuration names no admin credentials."""
+
+
+def connect(cloud: str | None = None) -> Connection:
+    """Connect to `cloud`, else to `$OS_CLOUD`, else to the embedded cloud (started if needed).
+
+    The names `labkit` and `labkit-admin` always mean the embedded cloud.
+    """
+    name = cloud or os.environ.get("OS_CLOUD")
+    if name and name not in EMBEDDED_CLOUDS:
+        return openstack.connect(cloud=name)
+    info = process.up()
+    config = OpenStackConfig(config_files=[str(info.clouds_yaml)], vendor_files=[])
+    return Connection(config=config.get_one(cloud=name or "labkit"))
+
+
+def connect_admin(cloud: str | None = None) -> Connection:
+    """An admin connection: `labkit-admin` on the embedded cloud, else `$LABKIT_ADMIN_CLOUD`."""
+    name = cloud or os.environ.get("OS_CLOUD")
+    if not name or name in EMBEDDED_CLOUDS:
+        return connect("labkit-admin")
+    admin = os.environ.get("LABKIT_ADMIN_CLOUD")
+    if not admin:
+        raise NoAdminAccess(f"no admin credentials for cloud {name!r}: set LABKIT_ADMIN_CLOUD "
+                            f"to the clouds.yaml entry of an admin")
+    return openstack.connect(cloud=admin)
+
+
+def is_embedded(conn: Connection) -> bool:
+    """Does this connection talk to the embedded cloud running here?"""
+    info = process.running()
+    auth_url = (conn.config.get_auth_args() or {}).get("auth_url", "")
+    return info is not None and auth_url.startswith(info.url)

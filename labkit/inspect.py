@@ -1,0 +1,155 @@
+"""What the public API cannot show: the trace, a token's insides, the database rows.
+
+On the embedded cloud an `Inspector` reads the admin-only inspection API
+(`/labkit/v1/`). On any other cloud, or with `LABKIT_FOREIGN=1`, every method
+returns a `Hidden` that says what cannot be seen and what an operator would
+run on the host instead, so the same notebook cell works on both.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from openstack.connection import Connection
+
+from labkit.connect import connect, is_embedded
+
+
+class Hidden:
+    """Something this cloud does not show. Falsy and empty, and it explains itself in a notebook."""
+
+    def __init__(self, what: str, why: str, operator: str | None = None) -> None:
+        self.what = what
+        self.why = why
+        self.operator = operator
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __len__(self) -> int:
+        return 0
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(())
+
+    def __repr__(self) -> str:
+        text = f"Not visible on this cloud: {self.what}. {self.why}"
+        if self.operator:
+            text += f" An operator would run: {self.operator}"
+        return text
+
+    def _repr_markdown_(self) -> str:
+        text = f"**Not visible on this cloud:** {self.what}. {self.why}"
+        if self.operator:
+            text += f"\n\nOn the host, an operator would run:\n\n```\n{self.operator}\n```"
+        return text
+
+
+class TraceEvents(list):
+    """Trace events, shown as a table: time since the first, kind, who talked to whom, what."""
+
+    def _repr_html_(self) -> str:
+        if not self:
+            return "<p><em>No trace events.</em></p>"
+        start = self[0]["time"]
+        rows = "".join(
+            f"<tr><td>{(e['time'] - start) * 1000:.1f} ms</td><td>{html.escape(e['kind'])}</td>"
+            f"<td>{html.escape(e['source'])} &rarr; {html.escape(e['target'])}</td>"
+            f"<td style='text-align:left'>{html.escape(e['summary'])}</td></tr>"
+            for e in self
+        )
+        return ("<table><thead><tr><th>at</th><th>kind</th><th>from &rarr; to</th>"
+                f"<th style='text-align:left'>what</th></tr></thead><tbody>{rows}</tbody></table>")
+
+
+class Rows(list):
+    """Database rows, shown as a table."""
+
+    def __init__(self, rows: list[dict[str, Any]], columns: list[str], title: str) -> None:
+        super().__init__(rows)
+        self.columns = columns
+        self.title = title
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(str(r.get(c)))}</td>" for c in self.columns)
+            + "</tr>" for r in self)
+        return (f"<p><code>{html.escape(self.title)}</code></p><table><thead><tr>{head}</tr>"
+                f"</thead><tbody>{body}</tbody></table>")
+
+
+def iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Inspector:
+    """The internals of the cloud behind `conn`, as far as that cloud lets us see them."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._admin: Connection | None = None
+        if os.environ.get("LABKIT_FOREIGN", "").lower() in ("1", "true", "yes"):
+            self.reason = ("LABKIT_FOREIGN is set, so labkit treats this cloud as a real one "
+                           "that hides its internals.")
+        elif not is_embedded(conn):
+            self.reason = "This is not labkit's embedded cloud, and real clouds keep these to " \
+                          "their operators."
+        else:
+            self.reason = ""
+            self._admin = connect("labkit-admin")
+            self._base = self._admin.config.get_auth_args()["auth_url"].rsplit("/identity", 1)[0]
+
+    @property
+    def available(self) -> bool:
+        return self._admin is not None
+
+    def _get(self, path: str, **params: Any) -> dict[str, Any]:
+        assert self._admin is not None
+        query = {k: v for k, v in params.items() if v is not None}
+        return self._admin.session.get(self._base + "/labkit/v1" + path, params=query).json()
+
+    def settings(self) -> dict[str, Any] | Hidden:
+        """The embedded cloud's settings: pace, deterministic mode, bcrypt cost, token lifetime."""
+        if not self.available:
+            return Hidden("the cloud's settings", self.reason,
+                          "grep -v '^#' /etc/keystone/keystone.conf | grep -A3 '\\[token\\]'")
+        return self._get("/")["labkit"]
+
+    def trace(self, request_id: str | None = None, since: float | None = None,
+              until: float | None = None, kind: str | None = None) -> TraceEvents | Hidden:
+        """Every API request and internal step, by request id or time window."""
+        if not self.available:
+            return Hidden("the trace of requests inside the cloud", self.reason,
+                          f"grep {request_id or 'req-...'} /var/log/keystone/*.log "
+                          "/var/log/nova/*.log")
+        events = self._get("/trace", request_id=request_id, since=since, until=until,
+                           kind=kind)["events"]
+        return TraceEvents(events)
+
+    def token(self, token: str) -> dict[str, Any] | Hidden:
+        """A Fernet token taken apart: the envelope anyone can read, the payload only keystone can."""
+        if not self.available:
+            return Hidden("what is inside a token", "Fernet tokens are encrypted with keys only "
+                          "keystone holds (/etc/keystone/fernet-keys/); ask keystone with "
+                          "GET /v3/auth/tokens instead. " + self.reason)
+        assert self._admin is not None
+        url = self._base + "/labkit/v1/tokens/decode"
+        return self._admin.session.post(url, json={"token": token}).json()
+
+    def rows(self, service: str, table: str) -> Rows | Hidden:
+        """A service's database table, as the cloud stores it."""
+        if not self.available:
+            return Hidden(f"the {service} database's {table} table", self.reason,
+                          f"mysql {service} -e 'SELECT * FROM {table}'")
+        data = self._get(f"/db/{service}/{table}")
+        return Rows(data["rows"], data["columns"], f"{service}.{table}")
+
+
+def inspector(conn: Connection) -> Inspector:
+    """The inspector for the cloud behind `conn`."""
+    return Inspector(conn)
