@@ -53,7 +53,7 @@ class Cloud:
 
     def close(self) -> None:
         self.identity_db.close()
-        self.trace.db.close()
+        self.trace.close()
 
 
 def build_app(cloud: Cloud) -> TraceMiddleware:

@@ -25,7 +25,9 @@ from labkit.cloud.settings import CloudSettings
 def bind(port: int) -> socket.socket:
     """A listening socket on 127.0.0.1: the asked-for port if free, else any free one."""
     for candidate in ([port] if port else []) + [0]:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP, and
+        # without it Nagle and delayed ACKs add 40 ms to every response.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", candidate))

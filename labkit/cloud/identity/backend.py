@@ -125,6 +125,8 @@ class IdentityBackend:
         self.ids = ids
         self.bcrypt_rounds = bcrypt_rounds
         self.token_ttl = token_ttl
+        self._roles: tuple[dict[str, list[str]], dict[str, str]] | None = None
+        self._catalogs: dict[str | None, list[dict[str, Any]]] = {}
         with db.session() as session:
             self._revocations = list(session.scalars(select(RevocationEvent)))
 
@@ -175,17 +177,16 @@ class IdentityBackend:
                 expires_at = original.expires_at
                 audit_ids = [_audit_id(self.ids), original.audit_ids[-1]]
             project_id, domain_id = self._resolve_scope(session, auth.get("scope"), user)
-
-        payload = TokenPayload(
-            user_id=user.id,
-            methods=tuple(methods),
-            expires_at=float(int(expires_at)),
-            audit_ids=tuple(audit_ids),
-            project_id=project_id,
-            domain_id=domain_id,
-            issued_at=float(int(now)),
-        )
-        return self.validate(self.tokens.issue(payload), now=now)
+            payload = TokenPayload(
+                user_id=user.id,
+                methods=tuple(methods),
+                expires_at=float(int(expires_at)),
+                audit_ids=tuple(audit_ids),
+                project_id=project_id,
+                domain_id=domain_id,
+                issued_at=float(int(now)),
+            )
+            return self._describe(session, self.tokens.issue(payload), payload)
 
     def _check_password(self, session: Session, password: dict[str, Any]) -> User:
         user_ref = _require_dict(password, "user", "password")
@@ -265,31 +266,35 @@ class IdentityBackend:
         if self._is_revoked(payload):
             raise TokenNotFound("the token has been revoked")
         with self.db.session() as session:
-            user = session.get(User, payload.user_id)
-            if user is None or not user.enabled:
-                raise TokenNotFound("the token's user is gone or disabled")
-            info = TokenInfo(
-                token=token,
-                user=_user_ref(session, user),
-                methods=list(payload.methods),
-                issued_at=payload.issued_at,
-                expires_at=payload.expires_at,
-                audit_ids=list(payload.audit_ids),
-            )
-            if payload.project_id:
-                project = session.get(Project, payload.project_id)
-                if project is None or not project.enabled:
-                    raise TokenNotFound("the token's project is gone or disabled")
-                info.project = _project_ref(session, project)
-                info.roles = self._effective_roles(session, user.id, "project", project.id)
-            elif payload.domain_id:
-                domain = session.get(Domain, payload.domain_id)
-                if domain is None or not domain.enabled:
-                    raise TokenNotFound("the token's domain is gone or disabled")
-                info.domain = {"id": domain.id, "name": domain.name}
-                info.roles = self._effective_roles(session, user.id, "domain", domain.id)
-            if (payload.project_id or payload.domain_id) and not info.roles:
-                raise TokenNotFound("the token's user no longer has a role on its scope")
+            return self._describe(session, token, payload)
+
+    def _describe(self, session: Session, token: str, payload: TokenPayload) -> TokenInfo:
+        """What a token stands for now: its user, scope and roles, read from the database."""
+        user = session.get(User, payload.user_id)
+        if user is None or not user.enabled:
+            raise TokenNotFound("the token's user is gone or disabled")
+        info = TokenInfo(
+            token=token,
+            user=_user_ref(session, user),
+            methods=list(payload.methods),
+            issued_at=payload.issued_at,
+            expires_at=payload.expires_at,
+            audit_ids=list(payload.audit_ids),
+        )
+        if payload.project_id:
+            project = session.get(Project, payload.project_id)
+            if project is None or not project.enabled:
+                raise TokenNotFound("the token's project is gone or disabled")
+            info.project = _project_ref(session, project)
+            info.roles = self._effective_roles(session, user.id, "project", project.id)
+        elif payload.domain_id:
+            domain = session.get(Domain, payload.domain_id)
+            if domain is None or not domain.enabled:
+                raise TokenNotFound("the token's domain is gone or disabled")
+            info.domain = {"id": domain.id, "name": domain.name}
+            info.roles = self._effective_roles(session, user.id, "domain", domain.id)
+        if (payload.project_id or payload.domain_id) and not info.roles:
+            raise TokenNotFound("the token's user no longer has a role on its scope")
         return info
 
     def revoke_token(self, info: TokenInfo) -> None:
@@ -329,10 +334,18 @@ class IdentityBackend:
         ).all()
         return self._with_implied(session, direct)
 
+    def _role_graph(self, session: Session) -> tuple[dict[str, list[str]], dict[str, str]]:
+        """Which roles imply which, and their names; cached until a role changes."""
+        if self._roles is None:
+            implied: dict[str, list[str]] = {}
+            for rule in session.scalars(select(ImpliedRole)):
+                implied.setdefault(rule.prior_role_id, []).append(rule.implied_role_id)
+            names = {r.id: r.name for r in session.scalars(select(Role))}
+            self._roles = (implied, names)
+        return self._roles
+
     def _with_implied(self, session: Session, role_ids: Iterable[str]) -> list[dict[str, str]]:
-        implied = {}
-        for rule in session.scalars(select(ImpliedRole)):
-            implied.setdefault(rule.prior_role_id, []).append(rule.implied_role_id)
+        implied, names = self._role_graph(session)
         seen: list[str] = []
         todo = list(role_ids)
         while todo:
@@ -340,8 +353,7 @@ class IdentityBackend:
             if role_id not in seen:
                 seen.append(role_id)
                 todo.extend(implied.get(role_id, []))
-        roles = {r.id: r.name for r in session.scalars(select(Role).where(Role.id.in_(seen)))}
-        return [{"id": rid, "name": roles[rid]} for rid in seen if rid in roles]
+        return [{"id": rid, "name": names[rid]} for rid in seen if rid in names]
 
     def grant(self, user_id: str, target_type: str, target_id: str, role_id: str) -> None:
         with self.db.session() as session:
@@ -448,7 +460,12 @@ class IdentityBackend:
     # -- the catalog -------------------------------------------------------------------
 
     def catalog(self, project_id: str | None) -> list[dict[str, Any]]:
-        """The service catalog a token carries; "$(project_id)s" filled in as keystone does."""
+        """The service catalog a token carries; "$(project_id)s" filled in as keystone does.
+
+        Cached per project, as keystone's [catalog] caching does, until the catalog changes.
+        """
+        if project_id in self._catalogs:
+            return self._catalogs[project_id]
         with self.db.session() as session:
             services = session.scalars(
                 select(Service).where(Service.enabled.is_(True)).order_by(Service.type)).all()
@@ -469,7 +486,15 @@ class IdentityBackend:
                          if e["interface"] in INTERFACES else 9)
             catalog.append({"id": service.id, "type": service.type, "name": service.name,
                             "endpoints": entries})
+        self._catalogs[project_id] = catalog
         return catalog
+
+    def forget_cached(self, kind: str | None = None) -> None:
+        """Drop what was cached about `kind` (everything when None) after it changed."""
+        if kind in (None, "role"):
+            self._roles = None
+        if kind in (None, "service", "endpoint", "region"):
+            self._catalogs.clear()
 
     # -- plain entities: list, get, create, update, delete ------------------------------
 
@@ -520,6 +545,7 @@ class IdentityBackend:
             session.add(entity)
             if kind == "domain":
                 entity.enabled = fields.get("enabled", True)
+        self.forget_cached(kind)
         return entity
 
     def update(self, kind: str, entity_id: str, body: dict[str, Any]) -> Any:
@@ -543,6 +569,7 @@ class IdentityBackend:
             self._add_revocation(user_id=entity_id, issued_before=time.time() + 1)
         if kind == "project" and fields.get("enabled") is False:
             self._add_revocation(project_id=entity_id, issued_before=time.time() + 1)
+        self.forget_cached(kind)
         return entity
 
     def delete(self, kind: str, entity_id: str) -> None:
@@ -561,6 +588,7 @@ class IdentityBackend:
                         Assignment.target_id == entity_id)):
                     session.delete(grant)
             session.delete(entity)
+        self.forget_cached(kind)
         if kind == "user":
             self._add_revocation(user_id=entity_id, issued_before=time.time() + 1)
         if kind == "project":

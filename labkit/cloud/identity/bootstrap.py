@@ -95,6 +95,7 @@ def bootstrap(backend: IdentityBackend, lab: Path, base_url: str) -> None:
                     s.add(Endpoint(id=ids.hex_id("endpoint"), service_id=service.id,
                                    interface=interface, region_id=region_id, url=url,
                                    enabled=True))
+    backend.forget_cached()
 
 
 def clouds_yaml(lab: Path, base_url: str) -> dict[str, Any]:
