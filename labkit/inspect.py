@@ -132,7 +132,7 @@ class Inspector:
         return TraceEvents(events)
 
     def token(self, token: str) -> dict[str, Any] | Hidden:
-        """A Fernet token taken apart: the envelope anyone can read, the payload only keystone can."""
+        """A Fernet token taken apart: an envelope anyone can read, a payload only keystone can."""
         if not self.available:
             return Hidden("what is inside a token", "Fernet tokens are encrypted with keys only "
                           "keystone holds (/etc/keystone/fernet-keys/); ask keystone with "

@@ -180,11 +180,11 @@ class IdentityBackend:
             payload = TokenPayload(
                 user_id=user.id,
                 methods=tuple(methods),
-                expires_at=float(int(expires_at)),
+                expires_at=float(expires_at),
                 audit_ids=tuple(audit_ids),
                 project_id=project_id,
                 domain_id=domain_id,
-                issued_at=float(int(now)),
+                issued_at=float(now),
             )
             return self._describe(session, self.tokens.issue(payload), payload)
 
@@ -299,7 +299,7 @@ class IdentityBackend:
 
     def revoke_token(self, info: TokenInfo) -> None:
         """DELETE /v3/auth/tokens: keystone records a revocation event by audit id."""
-        self._add_revocation(audit_id=info.audit_ids[0], issued_before=info.issued_at + 1)
+        self._add_revocation(audit_id=info.audit_ids[0], issued_before=time.time())
 
     def _add_revocation(self, **fields: Any) -> None:
         with self.db.session() as session:
@@ -373,7 +373,7 @@ class IdentityBackend:
             session.delete(grant)
         # the user's tokens on that target lose the role now, as keystone's revocation does
         scope = {"project_id": target_id} if target_type == "project" else {}
-        self._add_revocation(user_id=user_id, issued_before=time.time() + 1, **scope)
+        self._add_revocation(user_id=user_id, issued_before=time.time(), **scope)
 
     def has_grant(self, user_id: str, target_type: str, target_id: str, role_id: str) -> bool:
         with self.db.session() as session:
@@ -455,7 +455,7 @@ class IdentityBackend:
                 raise Unauthorized("The original password was not correct.")
             user.password_hash = self.hash_password(new)
             user.password_changed_at = time.time()
-        self._add_revocation(user_id=user_id, issued_before=time.time() + 1)
+        self._add_revocation(user_id=user_id, issued_before=time.time())
 
     # -- the catalog -------------------------------------------------------------------
 
@@ -566,9 +566,9 @@ class IdentityBackend:
                 setattr(entity, key, value)
         # a disabled user, or one whose password changed, loses every token issued so far
         if kind == "user" and (password_changed or fields.get("enabled") is False):
-            self._add_revocation(user_id=entity_id, issued_before=time.time() + 1)
+            self._add_revocation(user_id=entity_id, issued_before=time.time())
         if kind == "project" and fields.get("enabled") is False:
-            self._add_revocation(project_id=entity_id, issued_before=time.time() + 1)
+            self._add_revocation(project_id=entity_id, issued_before=time.time())
         self.forget_cached(kind)
         return entity
 
@@ -590,9 +590,9 @@ class IdentityBackend:
             session.delete(entity)
         self.forget_cached(kind)
         if kind == "user":
-            self._add_revocation(user_id=entity_id, issued_before=time.time() + 1)
+            self._add_revocation(user_id=entity_id, issued_before=time.time())
         if kind == "project":
-            self._add_revocation(project_id=entity_id, issued_before=time.time() + 1)
+            self._add_revocation(project_id=entity_id, issued_before=time.time())
 
     def _clean(self, kind: str, body: dict[str, Any], creating: bool) -> dict[str, Any]:
         allowed = FIELDS[kind]

@@ -31,11 +31,13 @@ class TokenPayload:
     audit_ids: tuple[str, ...]
     project_id: str | None = None
     domain_id: str | None = None
-    issued_at: float = 0.0  # the Fernet timestamp; not part of the encrypted payload
+    # The Fernet timestamp has whole seconds only; the payload keeps the exact time, so
+    # a revocation and a new token in the same second are told apart.
+    issued_at: float = 0.0
 
     def to_json(self) -> bytes:
         body = {"u": self.user_id, "m": list(self.methods), "e": self.expires_at,
-                "a": list(self.audit_ids)}
+                "i": self.issued_at, "a": list(self.audit_ids)}
         if self.project_id:
             body["p"] = self.project_id
         if self.domain_id:
@@ -52,7 +54,7 @@ class TokenPayload:
             audit_ids=tuple(body["a"]),
             project_id=body.get("p"),
             domain_id=body.get("d"),
-            issued_at=issued_at,
+            issued_at=float(body.get("i", issued_at)),
         )
 
 
