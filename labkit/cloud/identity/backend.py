@@ -106,6 +106,7 @@ FILTERS: dict[str, tuple[str, ...]] = {
     "endpoint": ("service_id", "interface", "region_id"),
 }
 INTERFACES = ("public", "internal", "admin")
+NAME_LENGTH = {"domain": 64, "project": 64, "user": 255, "role": 255, "service": 255}
 
 
 def _audit_id(ids: IdSource) -> str:
@@ -173,7 +174,9 @@ class IdentityBackend:
                 except TokenNotFound as exc:
                     raise Unauthorized() from exc
                 user = session.get(User, original.user_id)
-                # a rescoped token keeps the original expiry and chains its audit id
+                # a rescoped token keeps the original's methods and expiry, and chains its
+                # audit id, so revoking the original revokes it too
+                methods = list(dict.fromkeys(["token", *original.methods]))
                 expires_at = original.expires_at
                 audit_ids = [_audit_id(self.ids), original.audit_ids[-1]]
             project_id, domain_id = self._resolve_scope(session, auth.get("scope"), user)
@@ -222,7 +225,14 @@ class IdentityBackend:
     def _resolve_scope(
         self, session: Session, scope: Any, user: User
     ) -> tuple[str | None, str | None]:
+        if scope == "unscoped":  # keystone's way to ask for an unscoped token explicitly
+            return None, None
         if scope is None or scope == {}:
+            # no scope asked for: keystone scopes to the user's default project, if usable
+            project = session.get(Project, user.default_project_id or "")
+            if project is not None and project.enabled and self._effective_roles(
+                    session, user.id, "project", project.id):
+                return project.id, None
             return None, None
         if not isinstance(scope, dict):
             raise BadRequest("Invalid scope: expecting an object.")
@@ -526,6 +536,9 @@ class IdentityBackend:
     def create(self, kind: str, body: dict[str, Any]) -> Any:
         fields = self._clean(kind, body, creating=True)
         with self.db.session() as session:
+            if kind == "endpoint" and body.get("region") and not fields.get("region_id"):
+                # the v2-era "region" attribute: keystone creates that region if it is missing
+                fields["region_id"] = self._legacy_region(session, body["region"])
             if kind == "region":
                 fields.setdefault("id", self.ids.hex_id("region"))
                 if session.get(Region, fields["id"]) is not None:
@@ -609,6 +622,9 @@ class IdentityBackend:
             if key == "name" and (not isinstance(value, str) or not value.strip()):
                 raise BadRequest("Invalid input for field 'name': the name must be a "
                                  "non-empty string")
+            if key == "name" and len(value) > NAME_LENGTH.get(kind, 255):
+                raise BadRequest(f"Invalid input for field 'name': {value!r} is too long "
+                                 f"(at most {NAME_LENGTH[kind]} characters)")
             if key == "interface" and value not in INTERFACES:
                 raise BadRequest(f"Invalid input for field 'interface': {value!r} is not one "
                                  f"of {list(INTERFACES)}")
@@ -616,6 +632,15 @@ class IdentityBackend:
                 raise BadRequest(f"Invalid input for field '{key}': {value!r} is not of type "
                                  f"'string'")
         return fields
+
+    def _legacy_region(self, session: Session, region_id: Any) -> str:
+        if not isinstance(region_id, str):
+            raise BadRequest(f"Invalid input for field 'region': {region_id!r} is not of type "
+                             f"'string'")
+        if session.get(Region, region_id) is None:
+            session.add(Region(id=region_id, description=""))
+            session.flush()
+        return region_id
 
     def _check_references(self, session: Session, kind: str, fields: dict[str, Any]) -> None:
         if kind == "endpoint":

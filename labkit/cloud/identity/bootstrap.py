@@ -66,8 +66,7 @@ def bootstrap(backend: IdentityBackend, lab: Path, base_url: str) -> None:
                                                User.domain_id == "default"))
             if user is None:
                 user = User(id=ids.hex_id("user"), name=u["name"], domain_id="default",
-                            password_hash=backend.hash_password(u["password"]), enabled=True,
-                            default_project_id=projects[u["project"]].id)
+                            password_hash=backend.hash_password(u["password"]), enabled=True)
                 s.add(user)
                 s.flush()
                 s.add(Assignment(actor_id=user.id, target_type="project",
