@@ -14,8 +14,7 @@ from starlette.routing import Mount, Route
 from labkit.cloud.db import Database
 from labkit.cloud.identity.backend import IdentityBackend
 from labkit.cloud.identity.bootstrap import bootstrap
-from labkit.cloud.identity.handlers import anonymous as keystone_anonymous
-from labkit.cloud.identity.handlers import build_identity_app
+from labkit.cloud.identity.handlers import anonymous_paths, build_identity_app, versions
 from labkit.cloud.identity.models import IdentityBase
 from labkit.cloud.identity.tokens import FernetTokens
 from labkit.cloud.ids import IdSource
@@ -60,10 +59,12 @@ def build_app(cloud: Cloud) -> TraceMiddleware:
     async def root(request: Request) -> Response:
         return JSONResponse({"labkit": "the embedded cloud", "services": cloud.services})
 
+    identity = build_identity_app(cloud.identity)
     app = Starlette(routes=[
         Route("/", root),
-        Mount("/identity", app=cloud.protected(build_identity_app(cloud.identity), "keystone",
-                                               keystone_anonymous)),
+        # without this, Starlette's Mount would redirect /identity to /identity/
+        Route("/identity", versions, methods=["GET"]),
+        Mount("/identity", app=cloud.protected(identity, "keystone", anonymous_paths(identity))),
         Mount("/labkit/v1", app=cloud.protected(build_inspection_app(cloud), "labkit-inspector",
                                                 never_anonymous)),
     ])

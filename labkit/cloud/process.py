@@ -127,18 +127,23 @@ def env_exports(info: CloudInfo) -> str:
 
 
 def _alive(pid: int) -> bool:
+    """Is the process running? A zombie (exited, not yet reaped by its parent) is not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    # a zombie child of ours still "exists"; reap it if it is ours
     try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
+        done, _ = os.waitpid(pid, os.WNOHANG)  # our own child: reap it
         return done == 0
     except ChildProcessError:
-        return True
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust kill(0)
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -174,8 +174,8 @@ class IdentityBackend:
                 except TokenNotFound as exc:
                     raise Unauthorized() from exc
                 user = session.get(User, original.user_id)
-                # a rescoped token keeps the original's methods and expiry, and chains its
-                # audit id, so revoking the original revokes it too
+                # a rescoped token keeps the original's methods and expiry; its second audit
+                # id names the chain it belongs to (the original's first)
                 methods = list(dict.fromkeys(["token", *original.methods]))
                 expires_at = original.expires_at
                 audit_ids = [_audit_id(self.ids), original.audit_ids[-1]]
@@ -321,7 +321,8 @@ class IdentityBackend:
         for event in self._revocations:
             if payload.issued_at >= event.issued_before:
                 continue
-            if event.audit_id and event.audit_id not in payload.audit_ids:
+            # by audit id, keystone revokes that one token, not the tokens rescoped from it
+            if event.audit_id and event.audit_id != payload.audit_ids[0]:
                 continue
             if event.user_id and event.user_id != payload.user_id:
                 continue

@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from labkit.cloud.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, ServiceError
 from labkit.cloud.http import context, read_json, request_info
@@ -117,6 +117,11 @@ def require_admin_or(token: TokenInfo, allowed: bool, action: str) -> None:
 
 # -- the application ----------------------------------------------------------------------
 
+async def versions(request: Request) -> Response:
+    """GET /identity: the versions keystone offers, with 300 Multiple Choices as keystone does."""
+    return JSONResponse({"versions": {"values": [version_document(request)]}}, status_code=300)
+
+
 def build_identity_app(backend: IdentityBackend) -> Starlette:
     routes: list[Route] = []
 
@@ -126,10 +131,7 @@ def build_identity_app(backend: IdentityBackend) -> Starlette:
             return handler
         return add
 
-    @route("/", ["GET"])
-    async def versions(request: Request) -> Response:
-        return JSONResponse({"versions": {"values": [version_document(request)]}},
-                            status_code=300)
+    routes.append(Route("/", versions, methods=["GET"]))
 
     @route("/v3", ["GET"])
     async def version(request: Request) -> Response:
@@ -342,8 +344,14 @@ def _entity_member(backend: IdentityBackend, kind: str) -> Handler:
     return handler
 
 
-def anonymous(method: str, path: str) -> bool:
-    """What keystone answers without a token: version documents and issuing a token."""
-    return path in ("/", "/v3", "/v3/") or (path == "/v3/auth/tokens" and method == "POST")
+def anonymous_paths(app: Starlette) -> Callable[[str, str], bool]:
+    """What keystone answers without a token: version documents, issuing a token, and
+    unknown paths (keystone routes first, so those get its 404 rather than a 401)."""
+    def anonymous(method: str, path: str) -> bool:
+        if path in ("/", "/v3", "/v3/") or (path == "/v3/auth/tokens" and method == "POST"):
+            return True
+        scope = {"type": "http", "path": path, "root_path": "", "method": method}
+        return all(route.matches(scope)[0] == Match.NONE for route in app.routes)
+    return anonymous
 
 

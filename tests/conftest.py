@@ -1,0 +1,144 @@
+"""Fixtures shared by labkit's tests: a fresh embedded cloud, SDK connections, the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from openstack.config import OpenStackConfig
+from openstack.connection import Connection
+
+from labkit.cloud import process
+from labkit.cloud.process import CloudInfo
+from labkit.cloud.settings import CloudSettings
+
+BIN = Path(sys.executable).parent
+LAB_PASSWORDS = {"admin": "ADMIN_PASS", "demo": "DEMO_PASS", "alt_demo": "ALT_DEMO_PASS"}
+# A guard against a hung child, never an assertion about speed.
+SUBPROCESS_TIMEOUT = 180
+
+
+def console_script(name: str) -> Path:
+    """A console script installed next to this interpreter; fails (never skips) if missing."""
+    path = BIN / name
+    assert path.exists(), f"{name!r} is not installed next to {sys.executable}"
+    return path
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without any OS_* or LABKIT_* setting of the caller's own."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OS_", "LABKIT_"))}
+    env.update(extra)
+    return env
+
+
+def pid_alive(pid: int) -> bool:
+    """Is there a live (non-zombie) process with this pid?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def start_cloud(home: Path, deterministic: bool = True) -> CloudInfo:
+    """Start a cloud on this state folder (or reuse the one running there)."""
+    return process.up(CloudSettings(home=home, deterministic=deterministic))
+
+
+def stop_cloud(home: Path) -> None:
+    """Stop the cloud of this state folder and check that its process is gone."""
+    info = process.running(home)
+    process.down(home)
+    if info is not None:
+        assert not pid_alive(info.pid), f"the cloud (pid {info.pid}) outlived `down`"
+
+
+def connection(info: CloudInfo, cloud: str) -> Connection:
+    """An openstacksdk Connection built from the cloud's own clouds.yaml, ignoring OS_* vars."""
+    config = OpenStackConfig(config_files=[str(info.clouds_yaml)], vendor_files=[],
+                             load_envvars=False)
+    return Connection(config=config.get_one(cloud=cloud))
+
+
+def password_auth(user: str, password: str, project: str | None = None) -> dict:
+    """A POST /v3/auth/tokens body: password by user name in Default, optionally project scope."""
+    auth: dict = {"identity": {"methods": ["password"], "password": {"user": {
+        "name": user, "domain": {"name": "Default"}, "password": password}}}}
+    if project is not None:
+        auth["scope"] = {"project": {"name": project, "domain": {"name": "Default"}}}
+    return {"auth": auth}
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudInfo]:
+    """A fresh deterministic embedded cloud in a state folder of its own, one per module."""
+    home = tmp_path_factory.mktemp("labkit-home")
+    info = start_cloud(home)
+    try:
+        yield info
+    finally:
+        stop_cloud(home)
+
+
+@pytest.fixture(scope="module")
+def demo_conn(cloud: CloudInfo) -> Iterator[Connection]:
+    conn = connection(cloud, "labkit")
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def admin_conn(cloud: CloudInfo) -> Iterator[Connection]:
+    conn = connection(cloud, "labkit-admin")
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def http(cloud: CloudInfo) -> Iterator[httpx.Client]:
+    """Raw HTTP to the cloud, for what the SDK hides. Redirects are not followed."""
+    with httpx.Client(base_url=cloud.url, timeout=30, follow_redirects=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def issue_token(http: httpx.Client) -> Callable[..., str]:
+    """Issue a token over HTTP for a lab user (project-scoped when a project is named)."""
+    def issue(user: str = "demo", project: str | None = "demo",
+              password: str | None = None) -> str:
+        r = http.post("/identity/v3/auth/tokens",
+                      json=password_auth(user, password or LAB_PASSWORDS[user], project))
+        assert r.status_code == 201, r.text
+        return r.headers["X-Subject-Token"]
+    return issue
+
+
+@pytest.fixture(scope="module")
+def openstack_cli(cloud: CloudInfo) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the real `openstack` CLI against the cloud; OS_CLOUD=labkit unless told otherwise.
+
+    With cloud=None neither OS_CLOUD nor OS_CLIENT_CONFIG_FILE is set, for token auth
+    given entirely on the command line.
+    """
+    exe = console_script("openstack")
+
+    def run(*args: str, cloud_name: str | None = "labkit") -> subprocess.CompletedProcess[str]:
+        env = clean_env()
+        if cloud_name is not None:
+            env.update(OS_CLIENT_CONFIG_FILE=str(cloud.clouds_yaml), OS_CLOUD=cloud_name)
+        return subprocess.run([str(exe), *args], env=env, capture_output=True, text=True,
+                              timeout=SUBPROCESS_TIMEOUT, check=False)
+    return run
