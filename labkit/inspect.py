@@ -52,15 +52,27 @@ class Hidden:
 class TraceEvents(list):
     """Trace events, shown as a table: time since the first, kind, who talked to whom, what."""
 
+    def _rows(self) -> list[tuple[str, str, str, str]]:
+        start = self[0]["time"] if self else 0.0
+        return [(f"{(e['time'] - start) * 1000:.1f} ms", e["kind"],
+                 f"{e['source']} -> {e['target']}", e["summary"]) for e in self]
+
+    def __repr__(self) -> str:
+        if not self:
+            return "No trace events."
+        rows = self._rows()
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        return "\n".join(f"{r[0]:>{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}"
+                         for r in rows)
+
     def _repr_html_(self) -> str:
         if not self:
             return "<p><em>No trace events.</em></p>"
-        start = self[0]["time"]
         rows = "".join(
-            f"<tr><td>{(e['time'] - start) * 1000:.1f} ms</td><td>{html.escape(e['kind'])}</td>"
-            f"<td>{html.escape(e['source'])} &rarr; {html.escape(e['target'])}</td>"
-            f"<td style='text-align:left'>{html.escape(e['summary'])}</td></tr>"
-            for e in self
+            f"<tr><td>{at}</td><td>{html.escape(kind)}</td>"
+            f"<td>{html.escape(who).replace('-&gt;', '&rarr;')}</td>"
+            f"<td style='text-align:left'>{html.escape(what)}</td></tr>"
+            for at, kind, who, what in self._rows()
         )
         return ("<table><thead><tr><th>at</th><th>kind</th><th>from &rarr; to</th>"
                 f"<th style='text-align:left'>what</th></tr></thead><tbody>{rows}</tbody></table>")

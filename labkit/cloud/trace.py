@@ -105,7 +105,8 @@ class Trace:
         limit: int = 1000,
     ) -> list[TraceEvent]:
         self.flush()
-        stmt = select(TraceRow).order_by(TraceRow.seq)
+        # by time: a request is recorded when it ends, after the steps inside it
+        stmt = select(TraceRow).order_by(TraceRow.time, TraceRow.seq)
         if request_id:
             stmt = stmt.where(TraceRow.request_id == request_id)
         if since is not None:

@@ -36,8 +36,9 @@ class TokenPayload:
     issued_at: float = 0.0
 
     def to_json(self) -> bytes:
-        body = {"u": self.user_id, "m": list(self.methods), "e": self.expires_at,
-                "i": self.issued_at, "a": list(self.audit_ids)}
+        # times as whole microseconds: a float's text varies in length, and so would the token
+        body = {"u": self.user_id, "m": list(self.methods), "e": _micro(self.expires_at),
+                "i": _micro(self.issued_at), "a": list(self.audit_ids)}
         if self.project_id:
             body["p"] = self.project_id
         if self.domain_id:
@@ -50,12 +51,16 @@ class TokenPayload:
         return cls(
             user_id=body["u"],
             methods=tuple(body["m"]),
-            expires_at=float(body["e"]),
+            expires_at=body["e"] / 1e6,
             audit_ids=tuple(body["a"]),
             project_id=body.get("p"),
             domain_id=body.get("d"),
-            issued_at=float(body.get("i", issued_at)),
+            issued_at=body["i"] / 1e6 if "i" in body else issued_at,
         )
+
+
+def _micro(timestamp: float) -> int:
+    return round(timestamp * 1_000_000)
 
 
 class FernetTokens:

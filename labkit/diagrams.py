@@ -1,0 +1,353 @@
+"""Graphviz pictures drawn from what a cloud returns: its service catalog, its trace.
+
+Each function returns a `graphviz.Digraph`, which Jupyter shows as SVG; call
+`.render(format="png")` on it to keep a file. Nothing here talks to a cloud:
+pass in the catalog or the trace events you already have.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+import graphviz
+
+# One palette for every picture: clients grey, keystone gold, other services blue.
+FONT = "Helvetica"
+MONO = "Courier"
+CLIENT_FILL = "#eeeeee"
+KEYSTONE_FILL = "#ffe9a8"
+KEYSTONE_LINE = "#b8860b"
+SERVICE_FILL = "#dbeafe"
+SERVICE_LINE = "#4a6fa5"
+REFUSED = "#b22222"
+MUTED = "#666666"
+
+# What the trace calls each service, and the catalog type it serves.
+SERVICE_TYPES = {
+    "keystone": "identity",
+    "nova-api": "compute",
+    "neutron-server": "network",
+    "glance-api": "image",
+    "cinder-api": "block-storage",
+    "placement-api": "placement",
+}
+CLIENTS = ("openstacksdk", "keystoneauth", "openstack CLI", "client")
+
+
+def _esc(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+# -- the service catalog ---------------------------------------------------------------------
+
+
+def _endpoint_lines(endpoints: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """(interfaces, url) pairs: interfaces that share a URL are listed together."""
+    by_url: dict[str, list[str]] = {}
+    regions = {e.get("region_id") or e.get("region") for e in endpoints}
+    for ep in endpoints:
+        where = ep.get("interface", "?")
+        if len(regions) > 1:
+            where += f" ({ep.get('region_id') or ep.get('region')})"
+        by_url.setdefault(ep.get("url", ""), []).append(where)
+    return [(" · ".join(wheres), url) for url, wheres in by_url.items()]
+
+
+def _service_label(service: Mapping[str, Any], start: bool) -> str:
+    name = service.get("name") or service.get("type", "?")
+    rows = [f'<tr><td align="left"><b>{_esc(name)}</b></td>'
+            f'<td align="right"><font color="{MUTED}">{_esc(service.get("type", ""))}</font>'
+            "</td></tr>"]
+    for interfaces, url in _endpoint_lines(service.get("endpoints", [])):
+        rows.append(f'<tr><td align="left" colspan="2"><font face="{MONO}" point-size="10">'
+                    f"{_esc(url)}</font></td></tr>")
+        rows.append(f'<tr><td align="left" colspan="2"><font point-size="9" color="{MUTED}">'
+                    f"{_esc(interfaces)}</font></td></tr>")
+    if start:
+        rows.append(f'<tr><td align="left" colspan="2"><font point-size="10" '
+                    f'color="{KEYSTONE_LINE}"><b>everything starts here: '
+                    "POST /v3/auth/tokens</b></font></td></tr>")
+    return ('<<table border="0" cellborder="0" cellspacing="0" cellpadding="2">'
+            + "".join(rows) + "</table>>")
+
+
+def service_catalog(catalog: Iterable[Mapping[str, Any]], client: str = "you") -> graphviz.Digraph:
+    """The catalog a token carries: each service's type, name and URL; keystone first.
+
+    `catalog` is keystone's list of services (`access.service_catalog.catalog`
+    in keystoneauth, `token["catalog"]` in the API's JSON).
+    """
+    services = sorted(catalog, key=lambda s: s.get("type") != "identity")
+    graph = graphviz.Digraph("service_catalog", graph_attr={
+        "rankdir": "LR", "compound": "true", "fontname": FONT, "nodesep": "0.15",
+        "ranksep": "0.9", "bgcolor": "transparent"})
+    graph.attr("node", fontname=FONT, fontsize="11", shape="box", style="rounded,filled",
+               margin="0.12,0.06")
+    graph.attr("edge", fontname=FONT, fontsize="10")
+    graph.node("client", f"<<b>{_esc(client)}</b><br/><font point-size='9'>openstacksdk, "
+               "the CLI</font>>", fillcolor=CLIENT_FILL, color=MUTED)
+    first = None
+    keystone = None
+    with graph.subgraph(name="cluster_catalog") as cluster:
+        cluster.attr(label="the service catalog in your token", fontname=FONT, fontsize="11",
+                     style="rounded,dashed", color=MUTED, fontcolor=MUTED, rank="same")
+        for i, service in enumerate(services):
+            node = f"s{i}"
+            is_keystone = service.get("type") == "identity"
+            if is_keystone and keystone is None:
+                keystone = node
+                cluster.node(node, _service_label(service, start=True), fillcolor=KEYSTONE_FILL,
+                             color=KEYSTONE_LINE, penwidth="2")
+            else:
+                first = first or node
+                cluster.node(node, _service_label(service, start=False),
+                             fillcolor=SERVICE_FILL, color=SERVICE_LINE)
+    if keystone:
+        graph.edge("client", keystone, label=" 1. sign in: token + catalog ", color=KEYSTONE_LINE,
+                   fontcolor=KEYSTONE_LINE, penwidth="2")
+    if first:
+        graph.edge("client", first, lhead="cluster_catalog", color=SERVICE_LINE,
+                   fontcolor=SERVICE_LINE, label=" 2. call a service,\n    with X-Auth-Token ")
+    if not services:
+        graph.node("empty", "no catalog: an unscoped token carries none", shape="plaintext",
+                   style="", fontcolor=MUTED)
+    return graph
+
+
+# -- sequence pictures from the trace ----------------------------------------------------------
+
+
+@dataclass
+class _Step:
+    """One row of a sequence picture: an arrow between two lifelines, or a loop on one."""
+
+    source: str
+    target: str
+    lines: list[str]
+    reply: bool = False
+    color: str = "black"
+    bold_first: bool = False
+
+
+@dataclass
+class _Sequence:
+    participants: list[str] = field(default_factory=list)
+    steps: list[_Step] = field(default_factory=list)
+
+    def add(self, step: _Step) -> None:
+        for name in (step.source, step.target):
+            if name not in self.participants:
+                self.participants.append(name)
+        self.steps.append(step)
+
+
+def _get(event: Any, key: str, default: Any = None) -> Any:
+    if isinstance(event, Mapping):
+        return event.get(key, default)
+    return getattr(event, key, default)
+
+
+def _short(text: str, limit: int = 56) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _status_text(status: Any) -> str:
+    try:
+        return f"{int(status)} {HTTPStatus(int(status)).phrase}"
+    except (TypeError, ValueError):
+        return str(status)
+
+
+def _auth_lines(detail: Mapping[str, Any]) -> list[str]:
+    outcome = str(detail.get("outcome", "?"))
+    if outcome != "valid" or not detail.get("user"):
+        return [outcome]
+    scope = f" in {detail['project']}" if detail.get("project") else " (unscoped)"
+    roles = ", ".join(detail.get("roles") or []) or "no roles"
+    return [f"valid: {detail['user']}{scope}", f"roles: {roles}"]
+
+
+def _steps_for_request(api: Any, inner: list[Any], seq: _Sequence) -> None:
+    detail = _get(api, "detail") or {}
+    client, service = _get(api, "source", "client"), _get(api, "target", "?")
+    method, path = detail.get("method", ""), detail.get("path", "")
+    lines = [_short(f"{method} {path}".strip() or _get(api, "summary", ""))]
+    if any(_get(e, "kind") == "auth" for e in inner):
+        lines.append("X-Auth-Token: <token>")
+    seq.add(_Step(client, service, lines, bold_first=True))
+    for event in inner:
+        _steps_for_event(event, seq)
+    status = detail.get("status")
+    reply = [_status_text(status)]
+    ok = isinstance(status, int) and status < 400
+    if ok and method == "POST" and path.rstrip("/").endswith("/auth/tokens"):
+        reply.append("X-Subject-Token: <new token>")
+    if detail.get("duration_ms") is not None:
+        reply[0] += f"  ({float(detail['duration_ms']):.1f} ms)"
+    seq.add(_Step(service, client, reply, reply=True, color="black" if ok else REFUSED))
+
+
+def _steps_for_event(event: Any, seq: _Sequence) -> None:
+    source, target = _get(event, "source", "?"), _get(event, "target", "?")
+    detail = _get(event, "detail") or {}
+    if _get(event, "kind") == "auth":
+        outcome = _auth_lines(detail)
+        refused = not outcome[0].startswith("valid")
+        color = REFUSED if refused else "black"
+        if source == target:
+            # the service's own auth_token middleware, in process
+            seq.add(_Step(source, target, ["auth_token middleware:", "validate X-Auth-Token",
+                                           *outcome], color=color))
+        else:
+            seq.add(_Step(source, target, ["validate X-Auth-Token"]))
+            seq.add(_Step(target, source, outcome, reply=True, color=color))
+        return
+    seq.add(_Step(source, target, [_short(str(_get(event, "summary", "")))]))
+
+
+def _sequence(events: Iterable[Any], hide: Sequence[str]) -> _Sequence:
+    events = [e for e in events
+              if _get(e, "source") not in hide and _get(e, "target") not in hide]
+    events.sort(key=lambda e: (_get(e, "time", 0.0), _get(e, "seq") or 0))
+    api_ids = {_get(e, "request_id") for e in events if _get(e, "kind") == "api"}
+    inner: dict[str, list[Any]] = {}
+    for e in events:
+        rid = _get(e, "request_id")
+        if _get(e, "kind") != "api" and rid in api_ids:
+            inner.setdefault(rid, []).append(e)
+    seq = _Sequence()
+    for e in events:
+        if _get(e, "kind") == "api":
+            _steps_for_request(e, inner.get(_get(e, "request_id"), []), seq)
+        elif _get(e, "request_id") not in api_ids:
+            _steps_for_event(e, seq)
+    return seq
+
+
+# Layout, in points. Labels use a monospace font, so their width is known before rendering.
+CHAR_W = 6.0  # Courier at 10 pt
+LINE_H = 13.0
+ROW_GAP = 16.0
+LOOP_W = 28.0
+MIN_GAP = 150.0
+
+
+def _text_width(lines: list[str]) -> float:
+    return max((len(line) for line in lines), default=0) * CHAR_W
+
+
+def _header(name: str) -> tuple[str, str, str]:
+    """(label, fill, line colour) of a participant's box."""
+    kind = SERVICE_TYPES.get(name)
+    sub = kind or ("client" if name in CLIENTS else "")
+    label = f"<<b>{_esc(name)}</b>" + (f'<br/><font point-size="9">{_esc(sub)}</font>'
+                                          if sub else "") + ">"
+    if name == "keystone":
+        return label, KEYSTONE_FILL, KEYSTONE_LINE
+    if name in CLIENTS or name not in SERVICE_TYPES and sub == "":
+        return label, CLIENT_FILL, MUTED
+    return label, SERVICE_FILL, SERVICE_LINE
+
+
+def _label(lines: list[str], color: str, bold_first: bool) -> str:
+    cells = []
+    for i, line in enumerate(lines):
+        text = _esc(line)
+        if bold_first and i == 0:
+            text = f"<b>{text}</b>"
+        cells.append(f'<tr><td align="left"><font face="{MONO}" point-size="10" '
+                     f'color="{color}">{text}</font></td></tr>')
+    return ('<<table border="0" cellborder="0" cellspacing="0" cellpadding="0">'
+            + "".join(cells) + "</table>>")
+
+
+def token_flow(events: Iterable[Any], hide: Sequence[str] = ("labkit-inspector",),
+               title: str | None = None) -> graphviz.Digraph:
+    """A sequence picture of trace events: who called whom, in time order.
+
+    Each API event (kind "api") becomes a request arrow and a reply arrow
+    (status and duration); the events that share its request id are drawn
+    between them: an "auth" event is the service's token check against
+    keystone (a loop when the service is keystone itself), any other kind an
+    arrow with its summary. Participants named in `hide` are left out.
+    """
+    seq = _sequence(events, hide)
+    graph = graphviz.Digraph("token_flow", engine="neato", graph_attr={
+        "inputscale": "72", "splines": "line", "overlap": "true", "fontname": FONT,
+        "bgcolor": "transparent", "pad": "0.2"})
+    graph.attr("node", fontname=FONT, fontsize="11")
+    graph.attr("edge", arrowsize="0.7")
+    if not seq.steps:
+        graph.node("empty", "no trace events to draw", shape="plaintext", pos="0,0!")
+        return graph
+
+    # columns: wide enough for the widest label between two lifelines
+    cols = {name: i for i, name in enumerate(seq.participants)}
+    gaps = [MIN_GAP] * max(len(cols) - 1, 0)
+    tail = 60.0  # room right of the last lifeline, for loops drawn there
+    for step in seq.steps:
+        a, b = sorted((cols[step.source], cols[step.target]))
+        need = _text_width(step.lines) + 30
+        if a == b:
+            need = LOOP_W + 14 + _text_width(step.lines)
+            if a < len(gaps):
+                gaps[a] = max(gaps[a], need)
+            else:
+                tail = max(tail, need)
+        else:
+            for i in range(a, b):
+                gaps[i] = max(gaps[i], need / (b - a))
+    xs = [0.0]
+    for gap in gaps:
+        xs.append(xs[-1] + gap)
+
+    # rows, from the top down
+    y = -40.0
+    top = 0.0
+    for name, x in zip(seq.participants, xs, strict=True):
+        label, fill, line = _header(name)
+        graph.node(f"h{cols[name]}", label, shape="box", style="rounded,filled",
+                   fillcolor=fill, color=line, pos=f"{x:.1f},{top:.1f}!")
+    point = {"shape": "point", "width": "0.01", "height": "0.01", "color": "#00000000"}
+    for n, step in enumerate(seq.steps):
+        height = len(step.lines) * LINE_H
+        xa, xb = xs[cols[step.source]], xs[cols[step.target]]
+        style = "dashed" if step.reply else "solid"
+        label = _label(step.lines, step.color, step.bold_first)
+        if xa == xb:  # a loop on one lifeline, its text to the right
+            y -= 6
+            y1, y2 = y, y - max(height - 4, 18)
+            graph.node(f"p{n}a", "", pos=f"{xa:.1f},{y1:.1f}!", **point)
+            graph.node(f"p{n}b", "", pos=f"{xa + LOOP_W:.1f},{y1:.1f}!", **point)
+            graph.node(f"p{n}c", "", pos=f"{xa + LOOP_W:.1f},{y2:.1f}!", **point)
+            graph.node(f"p{n}d", "", pos=f"{xa:.1f},{y2:.1f}!", **point)
+            for u, v in (("a", "b"), ("b", "c")):
+                graph.edge(f"p{n}{u}", f"p{n}{v}", arrowhead="none", color=step.color)
+            graph.edge(f"p{n}c", f"p{n}d", color=step.color)
+            width = _text_width(step.lines)
+            graph.node(f"t{n}", label, shape="plaintext", margin="0",
+                       pos=f"{xa + LOOP_W + 8 + width / 2:.1f},{(y1 + y2) / 2:.1f}!")
+            y = y2 - ROW_GAP
+            continue
+        y -= height + 2
+        graph.node(f"p{n}a", "", pos=f"{xa:.1f},{y:.1f}!", **point)
+        graph.node(f"p{n}b", "", pos=f"{xb:.1f},{y:.1f}!", **point)
+        graph.edge(f"p{n}a", f"p{n}b", style=style, color=step.color,
+                   arrowhead="vee" if step.reply else "normal")
+        graph.node(f"t{n}", label, shape="plaintext", margin="0",
+                   pos=f"{(xa + xb) / 2:.1f},{y + height / 2 + 3:.1f}!")
+        y -= ROW_GAP
+    # lifelines
+    for name, x in zip(seq.participants, xs, strict=True):
+        i = cols[name]
+        graph.node(f"end{i}", "", pos=f"{x:.1f},{y:.1f}!", **point)
+        graph.edge(f"h{i}", f"end{i}", style="dashed", color="#999999", arrowhead="none")
+    if title:
+        width = xs[-1] + tail
+        graph.node("title", f"<<b>{_esc(title)}</b>>", shape="plaintext",
+                   pos=f"{width / 2 - 40:.1f},{top + 34:.1f}!")
+    return graph
