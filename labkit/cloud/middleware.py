@@ -104,6 +104,8 @@ def _client_name(user_agent: str | None) -> str:
         return "openstacksdk"
     if "keystoneauth" in ua:
         return "keystoneauth"
+    if "labkit-probe" in ua:
+        return "labkit (is it up?)"
     return "client"
 
 

@@ -21,6 +21,10 @@ from labkit.paths import cloud_home
 STATE_FILES = ("*.sqlite", "*.sqlite-wal", "*.sqlite-shm", "boot", "fernet-keys", "clouds.yaml")
 
 
+# How labkit's own "is it up?" requests name themselves in the trace.
+PROBE_AGENT = "labkit-probe"
+
+
 class CloudError(RuntimeError):
     """The embedded cloud did not start or stop as asked."""
 
@@ -47,7 +51,8 @@ def running(home: Path | None = None) -> CloudInfo | None:
     if not _alive(state["pid"]):
         return None
     try:
-        ok = httpx.get(state["url"] + "/identity/v3", timeout=2).status_code == 200
+        ok = httpx.get(state["url"] + "/identity/v3", timeout=2,
+                       headers={"User-Agent": PROBE_AGENT}).status_code == 200
     except httpx.HTTPError:
         ok = False
     return CloudInfo(home, state["pid"], state["port"], state["url"]) if ok else None
