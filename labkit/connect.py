@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-
-import openstack
-from openstack.config import OpenStackConfig
-from openstack.connection import Connection
+from typing import TYPE_CHECKING
 
 from labkit.cloud import process
+
+if TYPE_CHECKING:  # openstacksdk is imported on first use: the cloud process never needs it
+    from openstack.connection import Connection
 
 EMBEDDED_CLOUDS = ("labkit", "labkit-admin")
 
@@ -22,6 +22,10 @@ def connect(cloud: str | None = None) -> Connection:
 
     The names `labkit` and `labkit-admin` always mean the embedded cloud.
     """
+    import openstack
+    from openstack.config import OpenStackConfig
+    from openstack.connection import Connection
+
     name = cloud or os.environ.get("OS_CLOUD")
     if name and name not in EMBEDDED_CLOUDS:
         return openstack.connect(cloud=name)
@@ -39,7 +43,7 @@ def connect_admin(cloud: str | None = None) -> Connection:
     if not admin:
         raise NoAdminAccess(f"no admin credentials for cloud {name!r}: set LABKIT_ADMIN_CLOUD "
                             f"to the clouds.yaml entry of an admin")
-    return openstack.connect(cloud=admin)
+    return connect(admin)
 
 
 def is_embedded(conn: Connection) -> bool:

@@ -9,13 +9,13 @@ run on the host instead, so the same notebook cell works on both.
 from __future__ import annotations
 
 import html
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from openstack.connection import Connection
 
+from labkit.cloud.settings import env_flag
 from labkit.connect import connect, is_embedded
 
 
@@ -105,7 +105,7 @@ class Inspector:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self._admin: Connection | None = None
-        if os.environ.get("LABKIT_FOREIGN", "").lower() in ("1", "true", "yes"):
+        if env_flag("LABKIT_FOREIGN"):
             self.reason = ("LABKIT_FOREIGN is set, so labkit treats this cloud as a real one "
                            "that hides its internals.")
         elif not is_embedded(conn):

@@ -42,5 +42,5 @@ class IdSource:
         """A 32-character hex id without dashes, as keystone uses."""
         return uuid.UUID(bytes=self.random_bytes(stream, 16), version=4).hex
 
-    def request_id(self) -> str:
-        return "req-" + self.uuid("request")
+    def request_id(self, stream: str = "request") -> str:
+        return "req-" + self.uuid(stream)

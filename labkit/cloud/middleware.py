@@ -33,6 +33,9 @@ SERVICES = {
 }
 
 
+PROBE_CALLER = "labkit (is it up?)"
+
+
 def service_for_path(path: str) -> str:
     return SERVICES.get(path.strip("/").split("/", 1)[0], "labkit")
 
@@ -55,8 +58,12 @@ class TraceMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.time()
-        info = RequestInfo(request_id=self.ids.request_id(), service=service_for_path(
-            scope["path"]))
+        caller = _client_name(_header(scope, b"user-agent"))
+        # labkit's own probes draw from another stream, so however often the cloud was asked
+        # "are you up?", a notebook's requests get the same seeded ids
+        stream = "probe" if caller == PROBE_CALLER else "request"
+        info = RequestInfo(request_id=self.ids.request_id(stream),
+                           service=service_for_path(scope["path"]))
         scope["labkit.request"] = info
         status = 500
 
@@ -80,7 +87,7 @@ class TraceMiddleware:
             token = info.token
             self.trace.record(TraceEvent(
                 kind="api",
-                source=_client_name(_header(scope, b"user-agent")),
+                source=caller,
                 target=info.service,
                 summary=f"{scope['method']} {path} -> {status}",
                 request_id=info.request_id,
@@ -105,7 +112,7 @@ def _client_name(user_agent: str | None) -> str:
     if "keystoneauth" in ua:
         return "keystoneauth"
     if "labkit-probe" in ua:
-        return "labkit (is it up?)"
+        return PROBE_CALLER
     return "client"
 
 

@@ -78,6 +78,17 @@ def up(settings: CloudSettings | None = None, timeout: float = 30) -> CloudInfo:
         start_new_session=True,  # outlives the kernel or shell that started it
     )
     log.close()
+    try:
+        return _wait_until_up(proc, home, timeout)
+    except BaseException:
+        # timed out or interrupted, maybe before cloud.json named the pid: stop it here
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+        (home / "cloud.json").unlink(missing_ok=True)
+        raise
+
+
+def _wait_until_up(proc: subprocess.Popen[bytes], home: Path, timeout: float) -> CloudInfo:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -87,7 +98,6 @@ def up(settings: CloudSettings | None = None, timeout: float = 30) -> CloudInfo:
         if info is not None:
             return info
         time.sleep(0.05)
-    down(home)
     raise CloudError(f"the embedded cloud did not answer within {timeout:.0f} s; "
                      f"see {home / 'cloud.log'}")
 

@@ -6,7 +6,6 @@ HOME/settings.json. It removes cloud.json when it stops.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import socket
@@ -63,7 +62,7 @@ def serve(home: Path) -> None:
     state = {"pid": os.getpid(), "port": port, "url": base_url, "started_at": time.time()}
     (home / "cloud.json").write_text(json.dumps(state))
     try:
-        asyncio.run(server.serve(sockets=[sock]))
+        server.run(sockets=[sock])  # uvicorn picks its event loop (uvloop when installed)
     finally:
         (home / "cloud.json").unlink(missing_ok=True)
         cloud.close()

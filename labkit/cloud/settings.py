@@ -12,7 +12,8 @@ from labkit.paths import cloud_home, lab_dir
 PACES = ("fast", "teach")
 
 
-def _env_flag(name: str, default: bool = False) -> bool:
+def env_flag(name: str, default: bool = False) -> bool:
+    """A yes/no environment setting: 1, true, yes or on mean yes."""
     value = os.environ.get(name)
     if value is None:
         return default
@@ -45,7 +46,7 @@ class CloudSettings:
         values: dict[str, object] = {
             "port": int(os.environ.get("LABKIT_PORT", "0")),
             "pace": os.environ.get("LABKIT_PACE", "fast"),
-            "deterministic": _env_flag("LABKIT_DETERMINISTIC"),
+            "deterministic": env_flag("LABKIT_DETERMINISTIC"),
             "seed": int(os.environ.get("LABKIT_SEED", "2013")),
             "bcrypt_rounds": int(os.environ.get("LABKIT_BCRYPT_ROUNDS", "4")),
             "token_ttl": int(os.environ.get("LABKIT_TOKEN_TTL", "3600")),

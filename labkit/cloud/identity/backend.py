@@ -128,6 +128,7 @@ class IdentityBackend:
         self.token_ttl = token_ttl
         self._roles: tuple[dict[str, list[str]], dict[str, str]] | None = None
         self._catalogs: dict[str | None, list[dict[str, Any]]] = {}
+        self._domain_ids: dict[str, str] | None = None
         with db.session() as session:
             self._revocations = list(session.scalars(select(RevocationEvent)))
 
@@ -217,10 +218,16 @@ class IdentityBackend:
         if "id" in ref:
             domain = session.get(Domain, ref["id"])
         else:
-            domain = session.scalar(select(Domain).where(Domain.name == ref["name"]))
+            domain = session.get(Domain, self._domain_id(session, ref["name"]) or "")
         if domain is None or not domain.enabled:
             raise Unauthorized()
         return domain
+
+    def _domain_id(self, session: Session, name: str) -> str | None:
+        """A domain's id from its name; every sign-in names one, so the map is cached."""
+        if self._domain_ids is None:
+            self._domain_ids = {d.name: d.id for d in session.scalars(select(Domain))}
+        return self._domain_ids.get(name)
 
     def _resolve_scope(
         self, session: Session, scope: Any, user: User
@@ -504,6 +511,8 @@ class IdentityBackend:
         """Drop what was cached about `kind` (everything when None) after it changed."""
         if kind in (None, "role"):
             self._roles = None
+        if kind in (None, "domain"):
+            self._domain_ids = None
         if kind in (None, "service", "endpoint", "region"):
             self._catalogs.clear()
 
