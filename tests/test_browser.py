@@ -1,0 +1,313 @@
+"""The notebook as a reader meets it: JupyterLab in headless Chromium, every cell run.
+
+Starts a fresh deterministic embedded cloud in a temporary LABKIT_HOME and JupyterLab
+(headless, token, a temporary copy of notebooks/), opens 01-authentication.ipynb with
+Debian's Chromium driven by Playwright, runs all cells from the Run menu, and checks
+that an ipywidgets widget rendered and no cell shows an error. The screenshot goes to
+artifacts/browser/.
+
+Playwright never downloads a browser here: it drives /usr/bin/chromium (Debian's
+`chromium`, installed by `make setup`; LABKIT_CHROMIUM names another). Without Chromium
+or Playwright the test is skipped, unless LABKIT_REQUIRE_BROWSER=1 (as in `make test`)
+or CI is set, when it fails. LABKIT_BROWSER_NOTEBOOK runs it on another notebook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import nbformat
+import pytest
+
+from labkit.cloud import process
+from labkit.cloud.settings import CloudSettings
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOK = Path(os.environ.get("LABKIT_BROWSER_NOTEBOOK")
+                or REPO / "notebooks" / "01-authentication.ipynb")
+ARTIFACTS = REPO / "artifacts" / "browser"
+
+# As root, headless, with nothing reaching out to the network (it is closed here).
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+WIDGET = ".jupyter-widgets, .widget-dropdown, .widget-box, .widget-slider"
+RUN_TIMEOUT = 300  # seconds for Run All Cells to finish
+
+# JupyterLab settings for the test: render every cell (no virtual scrolling, so every
+# widget is in the DOM and in the screenshot) and no news or update pop-ups.
+LAB_SETTINGS = {
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+        "fetchNews": "false", "checkForUpdates": False},
+}
+
+
+def _unavailable(reason: str) -> None:
+    required = os.environ.get("LABKIT_REQUIRE_BROWSER") == "1" or os.environ.get("CI")
+    if required:
+        pytest.fail(f"{reason} (run `make setup`)")
+    pytest.skip(reason)
+
+
+def _chromium() -> str:
+    for candidate in (os.environ.get("LABKIT_CHROMIUM"), "/usr/bin/chromium",
+                      "/usr/bin/chromium-browser"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    _unavailable("Chromium is not installed (Debian package `chromium`)")
+    raise AssertionError  # not reached
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Iterator[Path]:
+    """A fresh deterministic embedded cloud; yields its LABKIT_HOME."""
+    home = tmp_path / "labkit-home"
+    info = process.up(CloudSettings.from_env(home=home, deterministic=True, port=0))
+    try:
+        yield info.home
+    finally:
+        process.down(home)
+
+
+class Lab:
+    def __init__(self, url: str, token: str, root: Path, proc: subprocess.Popen,
+                 log: Path) -> None:
+        self.url, self.token, self.root, self.proc, self.log = url, token, root, proc, log
+
+    def api(self, path: str) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", headers={"Authorization": f"token {self.token}"},
+                         timeout=5)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture
+def lab(cloud: Path, tmp_path: Path) -> Iterator[Lab]:
+    """JupyterLab on a free loopback port, serving a copy of the notebook's folder."""
+    root = tmp_path / "notebooks"
+    shutil.copytree(NOTEBOOK.parent, root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    jupyter = tmp_path / "jupyter"  # config, data, runtime and settings of this server only
+    for rel, settings in LAB_SETTINGS.items():
+        path = jupyter / "settings" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OS_", "JUPYTER", "LABKIT_"))}
+    env.update(LABKIT_HOME=str(cloud), LABKIT_DETERMINISTIC="1",
+               JUPYTER_CONFIG_DIR=str(jupyter / "config"),
+               JUPYTER_DATA_DIR=str(jupyter / "data"),
+               JUPYTER_RUNTIME_DIR=str(jupyter / "runtime"),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    port, token = _free_port(), secrets.token_hex(16)
+    log = tmp_path / "jupyter.log"
+    args = [sys.executable, "-m", "jupyterlab", "--no-browser",
+            f"--ServerApp.token={token}", "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+            f"--ServerApp.root_dir={root}",
+            f"--LabApp.user_settings_dir={jupyter / 'settings'}",
+            f"--LabApp.workspaces_dir={jupyter / 'workspaces'}"]
+    if os.geteuid() == 0:
+        args.append("--allow-root")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    server = Lab(f"http://127.0.0.1:{port}", token, root, proc, log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"JupyterLab exited with {proc.returncode}:\n{server.log_tail()}")
+            try:
+                if server.api("/api/status").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"JupyterLab did not answer within 60 s:\n{server.log_tail()}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        _stop_lab(server, jupyter / "runtime")
+
+
+def _stop_lab(server: Lab, runtime: Path) -> None:
+    """Shut JupyterLab down with its kernels; kill whatever of ours is left."""
+    try:
+        httpx.post(f"{server.url}/api/shutdown",
+                   headers={"Authorization": f"token {server.token}"}, timeout=10)
+        server.proc.wait(timeout=20)
+    except (httpx.HTTPError, subprocess.TimeoutExpired):
+        pass
+    if server.proc.poll() is None:
+        os.killpg(server.proc.pid, signal.SIGTERM)
+        try:
+            server.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.proc.pid, signal.SIGKILL)
+            server.proc.wait()
+    # kernels run in sessions of their own; ours are the ones whose connection file
+    # lies in this server's runtime folder
+    for pid in _pids_mentioning(str(runtime)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _pids_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+# Per cell, in notebook order: its input prompt and the error outputs it shows.
+NOTEBOOK_JS = "document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook')"
+CELL_STATE_JS = """
+() => [...""" + NOTEBOOK_JS + """.querySelectorAll('.jp-Cell.jp-Notebook-cell')]
+  .map(cell => ({
+    code: cell.classList.contains('jp-CodeCell'),
+    prompt: (cell.querySelector('.jp-InputPrompt') || {}).textContent || '',
+    errors: [
+      ...cell.querySelectorAll(
+        '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"],'
+        + '.jp-RenderedText[data-mime-type="application/vnd.jupyter.error"]'),
+      ...[...cell.querySelectorAll(
+        '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')]
+        .filter(el => el.textContent.includes('Traceback')),
+      ...[...cell.querySelectorAll('.jupyter-widgets, .jp-OutputArea-output')]
+        .filter(el => el.textContent.includes('Error displaying widget')),
+    ].map(el => el.textContent.slice(0, 2000)),
+  }))
+"""
+
+
+def _kernel_busy(lab: Lab) -> bool:
+    kernels = lab.api("/api/kernels").json()
+    return not kernels or any(k["execution_state"] != "idle" for k in kernels)
+
+
+def _wait_until_run(page, lab: Lab, code_cells: int) -> list[dict]:
+    """Wait until no cell is queued or running and the kernel is idle, twice in a row."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    quiet = 0
+    while quiet < 2:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the notebook did not finish within {RUN_TIMEOUT} s")
+        time.sleep(0.5)
+        cells = page.evaluate(CELL_STATE_JS)
+        running = any("*" in c["prompt"] for c in cells if c["code"])
+        started = any(any(ch.isdigit() for ch in c["prompt"]) for c in cells if c["code"])
+        quiet = quiet + 1 if started and not running and not _kernel_busy(lab) else 0
+    return cells
+
+
+@pytest.mark.skipif(not NOTEBOOK.exists(), reason=f"{NOTEBOOK} does not exist yet")
+def test_notebook_runs_in_jupyterlab(lab: Lab) -> None:
+    chromium = _chromium()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("the playwright package is not installed")
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    may_raise = [  # as nbval and nbclient allow: tagged cells may show their error
+        "raises-exception" in cell.metadata.get("tags", []) for cell in nb.cells]
+    code_cells = sum(cell.cell_type == "code" for cell in nb.cells)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / f"{NOTEBOOK.stem}.png"
+
+    with sync_playwright() as p:
+        # Playwright gives it a fresh, empty --user-data-dir of its own
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS,
+                                    headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            console_errors: list[str] = []
+            page.on("pageerror", lambda exc: console_errors.append(str(exc)))
+            page.goto(f"{lab.url}/lab/tree/{NOTEBOOK.name}?token={lab.token}")
+            page.wait_for_selector(".jp-NotebookPanel .jp-Notebook .jp-Cell", timeout=60_000)
+            # a kernel started for it and ready (a notebook without kernelspec metadata
+            # asks which kernel to start: take the default, Python 3)
+            deadline = time.monotonic() + 60
+            while _kernel_busy(lab):
+                accept = page.locator(".jp-Dialog .jp-Dialog-button.jp-mod-accept")
+                if accept.count():
+                    accept.first.click()
+                if time.monotonic() > deadline:
+                    page.screenshot(path=str(shot))
+                    pytest.fail(f"the kernel did not start within 60 s (screenshot: {shot})\n"
+                                f"{lab.log_tail()}")
+                time.sleep(0.3)
+
+            # Run > Run All Cells, as a reader would
+            page.locator("#jp-MainMenu .lm-MenuBar-itemLabel", has_text="Run").first.click()
+            page.locator('.lm-Menu-item[data-command="runmenu:run-all"]').click()
+            cells = _wait_until_run(page, lab, code_cells)
+
+            page.wait_for_timeout(500)  # widget views render after their model arrives
+            cells = page.evaluate(CELL_STATE_JS)
+            widgets = page.locator(WIDGET)
+            widget_count = widgets.count()
+
+            # the whole notebook in one picture: a window as tall as its content
+            height = page.evaluate(f"""() => {{
+                const nb = {NOTEBOOK_JS};
+                const cells = nb.querySelectorAll('.jp-Cell.jp-Notebook-cell');
+                const scroller = nb.querySelector('.jp-WindowedPanel-outer') || nb;
+                const last = cells[cells.length - 1].getBoundingClientRect();
+                return Math.ceil(last.bottom + scroller.scrollTop + 60);
+            }}""")
+            page.set_viewport_size({"width": 1400, "height": max(1000, min(height, 12000))})
+            page.wait_for_timeout(500)
+            # Run All left it scrolled to the last cell: back to the top, or the picture
+            # shows the end of the notebook above a blank window
+            page.evaluate(f"""() => {{
+                const nb = {NOTEBOOK_JS};
+                for (let el = nb; el; el = el.parentElement) el.scrollTop = 0;
+                nb.querySelectorAll('.jp-WindowedPanel-outer').forEach(el => el.scrollTop = 0);
+            }}""")
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+
+    assert len(cells) == len(nb.cells), f"JupyterLab shows {len(cells)} cells, the file has " \
+                                        f"{len(nb.cells)}"
+    not_run = [i for i, c in enumerate(cells)
+               if c["code"] and not any(ch.isdigit() for ch in c["prompt"])
+               and nb.cells[i].source.strip()]
+    errors = {i: c["errors"] for i, c in enumerate(cells) if c["errors"] and not may_raise[i]}
+    shown = "\n".join(f"cell {i}: {text}" for i, texts in errors.items() for text in texts)
+    assert not errors, f"cells show errors (screenshot: {shot}):\n{shown}"
+    assert not not_run, f"cells {not_run} did not run (screenshot: {shot})"
+    assert widget_count > 0, f"no ipywidgets widget rendered (screenshot: {shot})"
+    assert not console_errors, f"the page raised errors: {console_errors}"
