@@ -2,8 +2,9 @@
 
 # Debian/Ubuntu packages `make setup` installs when missing (through apt-get).
 # graphviz: the `dot` program for diagrams; chromium: the browser test (Playwright drives
-# it; it never downloads a browser of its own); fonts-dejavu-core: fonts for both.
-SYSTEM_PACKAGES := python3-venv graphviz chromium fonts-dejavu-core
+# it; it never downloads a browser of its own); chromium-driver: chromedriver, for
+# WebDriver clients; fonts-dejavu-core: fonts for both.
+SYSTEM_PACKAGES := python3-venv graphviz chromium chromium-driver fonts-dejavu-core
 
 VENV   := .venv
 BIN    := $(CURDIR)/$(VENV)/bin

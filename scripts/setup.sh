@@ -15,7 +15,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-SYSTEM_PACKAGES=${SYSTEM_PACKAGES:-python3-venv graphviz chromium fonts-dejavu-core}
+SYSTEM_PACKAGES=${SYSTEM_PACKAGES:-python3-venv graphviz chromium chromium-driver fonts-dejavu-core}
 VENV=${VENV:-.venv}
 EXTRAS=${EXTRAS:-lab,test}
 
@@ -28,6 +28,7 @@ die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
 alternative() {
     case "$1" in
         chromium) echo chromium-browser ;;
+        chromium-driver) echo chromium-chromedriver ;;
     esac
 }
 
