@@ -46,9 +46,11 @@ test: setup
 	if [ -n "$$failed" ]; then echo "make test: FAILED:$$failed"; exit 1; fi; \
 	echo "make test: all passed (lint, pytest, nbval)"
 
+# --no-cache: ruff's cache keeps an import-sorting verdict after a new module (a
+# conftest.py, say) changes what counts as first-party; CI's fresh clone has no cache.
 lint: setup
 	@echo "==> ruff check labkit tests bench scripts"
-	@$(RUN) ruff check labkit tests bench scripts
+	@$(RUN) ruff check --no-cache labkit tests bench scripts
 
 # All of tests/, the browser test included (LABKIT_REQUIRE_BROWSER: fail, not skip,
 # when Chromium or Playwright is missing).

@@ -249,6 +249,7 @@ def test_notebook_runs_in_jupyterlab(lab: Lab) -> None:
         # Playwright gives it a fresh, empty --user-data-dir of its own
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS,
                                     headless=True)
+        page = None
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             console_errors: list[str] = []
@@ -297,6 +298,12 @@ def test_notebook_runs_in_jupyterlab(lab: Lab) -> None:
             }}""")
             page.wait_for_timeout(300)
             page.screenshot(path=str(shot), full_page=True)
+        except BaseException:  # leave a picture of what went wrong
+            if page is not None:
+                with contextlib.suppress(Exception):
+                    page.screenshot(path=str(shot), full_page=True)
+                    print(f"screenshot of the failure: {shot}")
+            raise
         finally:
             browser.close()
 

@@ -8,6 +8,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from openstack.connection import Connection
+
+import labkit
 from conftest import (
     BIN,
     SUBPROCESS_TIMEOUT,
@@ -18,9 +21,6 @@ from conftest import (
     start_cloud,
     stop_cloud,
 )
-from openstack.connection import Connection
-
-import labkit
 from labkit.cloud import process
 from labkit.cloud.process import CloudInfo
 from labkit.inspect import Hidden, inspector

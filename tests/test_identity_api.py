@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import openstack
 import pytest
-from conftest import password_auth
 from openstack.connection import Connection
 from openstack.exceptions import ForbiddenException, SDKException
 
+from conftest import password_auth
 from labkit.cloud.process import CloudInfo
 from labkit.inspect import inspector
 
