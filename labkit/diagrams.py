@@ -84,7 +84,8 @@ def service_catalog(catalog: Iterable[Mapping[str, Any]], client: str = "you") -
     services = sorted(catalog, key=lambda s: s.get("type") != "identity")
     graph = graphviz.Digraph("service_catalog", graph_attr={
         "rankdir": "LR", "compound": "true", "fontname": FONT, "nodesep": "0.15",
-        "ranksep": "0.9", "bgcolor": "transparent"})
+        "ranksep": "0.9", "bgcolor": "transparent",
+        "size": "9.5,20"})  # inches: shrink to a notebook's width, never grow
     graph.attr("node", fontname=FONT, fontsize="11", shape="box", style="rounded,filled",
                margin="0.12,0.06")
     graph.attr("edge", fontname=FONT, fontsize="10")

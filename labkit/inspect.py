@@ -88,8 +88,10 @@ class Rows(list):
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
+        # values in <code>: a bcrypt hash's "$2b$...$" would otherwise be typeset as math
         body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(str(r.get(c)))}</td>" for c in self.columns)
+            "<tr>" + "".join(f"<td style='text-align:left'><code>{html.escape(str(r.get(c)))}"
+                             "</code></td>" for c in self.columns)
             + "</tr>" for r in self)
         return (f"<p><code>{html.escape(self.title)}</code></p><table><thead><tr>{head}</tr>"
                 f"</thead><tbody>{body}</tbody></table>")
@@ -153,13 +155,14 @@ class Inspector:
         url = self._base + "/labkit/v1/tokens/decode"
         return self._admin.session.post(url, json={"token": token}).json()
 
-    def rows(self, service: str, table: str) -> Rows | Hidden:
-        """A service's database table, as the cloud stores it."""
+    def rows(self, service: str, table: str, columns: list[str] | None = None) -> Rows | Hidden:
+        """A service's database table as the cloud stores it; `columns` picks some."""
+        wanted = ", ".join(columns) if columns else "*"
         if not self.available:
             return Hidden(f"the {service} database's {table} table", self.reason,
-                          f"mysql {service} -e 'SELECT * FROM {table}'")
+                          f"mysql {service} -e 'SELECT {wanted} FROM {table}'")
         data = self._get(f"/db/{service}/{table}")
-        return Rows(data["rows"], data["columns"], f"{service}.{table}")
+        return Rows(data["rows"], columns or data["columns"], f"{service}.{table}")
 
 
 def inspector(conn: Connection) -> Inspector:
