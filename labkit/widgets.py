@@ -117,8 +117,9 @@ def sign_in_table(auth_url: str, accounts: list[Account]) -> HTML:
         result = sign_in(auth_url, account)
         if result.ok:
             status, users = list_users(result, auth_url)
-            scope = f"for project {account.project}" if account.project else "unscoped"
-            answer = f"201: a token {scope}, roles {result.facts['roles']}"
+            what = f"a token for project {account.project}" if account.project \
+                else "an unscoped token"
+            answer = f"201: {what}, roles {result.facts['roles']}"
             then = f"{status}: {users}"
         else:
             answer = f"{result.status}: {result.error}"

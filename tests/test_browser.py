@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import nbformat
@@ -231,6 +232,31 @@ def _wait_until_run(page, lab: Lab, code_cells: int) -> list[dict]:
 
 
 @pytest.mark.skipif(not NOTEBOOK.exists(), reason=f"{NOTEBOOK} does not exist yet")
+def _try_the_sign_in_widget(page: Any) -> list[str]:
+    """Use notebook 01's sign-in widget as a reader would; what it answered, in order.
+
+    Returns [] when the notebook has no such widget.
+    """
+    button = page.locator(".jupyter-widgets button", has_text="Sign in")
+    if not button.count():
+        return []
+    box = button.first.locator("xpath=ancestor::div[contains(@class,'widget-vbox')][1]")
+    answers = []
+
+    def answer(expect: str) -> None:
+        box.get_by_text(expect).last.wait_for(timeout=30_000)
+        answers.append(expect)
+
+    button.first.click()  # the first lab user, with its own password
+    answer("201 Created")
+    box.locator("button", has_text="List users with it").click()
+    answer("GET /v3/users")
+    box.locator("input[type=text]").fill("not-the-password")
+    button.first.click()
+    answer("401")
+    return answers
+
+
 def test_notebook_runs_in_jupyterlab(lab: Lab) -> None:
     chromium = _chromium()
     try:
@@ -278,6 +304,7 @@ def test_notebook_runs_in_jupyterlab(lab: Lab) -> None:
             cells = page.evaluate(CELL_STATE_JS)
             widgets = page.locator(WIDGET)
             widget_count = widgets.count()
+            signed_in = _try_the_sign_in_widget(page)
 
             # the whole notebook in one picture: a window as tall as its content
             height = page.evaluate(f"""() => {{
@@ -317,4 +344,7 @@ def test_notebook_runs_in_jupyterlab(lab: Lab) -> None:
     assert not errors, f"cells show errors (screenshot: {shot}):\n{shown}"
     assert not not_run, f"cells {not_run} did not run (screenshot: {shot})"
     assert widget_count > 0, f"no ipywidgets widget rendered (screenshot: {shot})"
+    if NOTEBOOK.name == "01-authentication.ipynb":
+        assert signed_in == ["201 Created", "GET /v3/users", "401"], \
+            f"the sign-in widget did not answer as keystone does: {signed_in} ({shot})"
     assert not console_errors, f"the page raised errors: {console_errors}"
