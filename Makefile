@@ -24,7 +24,9 @@ endif
 
 # Start the embedded cloud (it keeps running after JupyterLab stops: `labkit cloud down`),
 # then JupyterLab on the notebooks. Its terminals get OS_CLIENT_CONFIG_FILE and OS_CLOUD,
-# so `openstack token issue` works there. With OS_CLOUD naming a cloud of your own
+# so `openstack token issue` works there. Their shell is named outright: otherwise, when
+# stdout is no terminal, JupyterLab starts a login shell whose /etc/profile resets PATH
+# and loses the venv's `openstack`. With OS_CLOUD naming a cloud of your own
 # (clouds.yaml), the notebooks use that one and no embedded cloud starts.
 lab: setup
 	@$(RUN) set -e; \
@@ -35,7 +37,8 @@ lab: setup
 	esac; \
 	echo "JupyterLab starts below: open the http://127.0.0.1:.../lab?token=... URL it prints."; \
 	echo "Stop it with Ctrl-C; stop the cloud with: $(VENV)/bin/labkit cloud down"; \
-	exec jupyter lab $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) notebooks/
+	exec jupyter lab $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) \
+		--ServerApp.terminado_settings=shell_command="$${SHELL:-/bin/sh}" notebooks/
 
 # Every step runs even when one before it failed; any failure fails `make test`.
 test: setup

@@ -106,6 +106,15 @@ FILTERS: dict[str, tuple[str, ...]] = {
     "endpoint": ("service_id", "interface", "region_id"),
 }
 INTERFACES = ("public", "internal", "admin")
+
+
+@dataclass(frozen=True)
+class DomainRef:
+    """What sign-in needs of a domain, kept in memory."""
+
+    id: str
+    name: str
+    enabled: bool
 NAME_LENGTH = {"domain": 64, "project": 64, "user": 255, "role": 255, "service": 255}
 
 
@@ -128,7 +137,7 @@ class IdentityBackend:
         self.token_ttl = token_ttl
         self._roles: tuple[dict[str, list[str]], dict[str, str]] | None = None
         self._catalogs: dict[str | None, list[dict[str, Any]]] = {}
-        self._domain_ids: dict[str, str] | None = None
+        self._domain_cache: dict[str, DomainRef] | None = None
         with db.session() as session:
             self._revocations = list(session.scalars(select(RevocationEvent)))
 
@@ -180,13 +189,15 @@ class IdentityBackend:
                 methods = list(dict.fromkeys(["token", *original.methods]))
                 expires_at = original.expires_at
                 audit_ids = [_audit_id(self.ids), original.audit_ids[-1]]
-            project_id, domain_id = self._resolve_scope(session, auth.get("scope"), user)
+            # `project` stays referenced until the token is described: SQLAlchemy's identity
+            # map holds objects weakly, and a dropped one would be read again
+            project, domain_id = self._resolve_scope(session, auth.get("scope"), user)
             payload = TokenPayload(
                 user_id=user.id,
                 methods=tuple(methods),
                 expires_at=float(expires_at),
                 audit_ids=tuple(audit_ids),
-                project_id=project_id,
+                project_id=project.id if project else None,
                 domain_id=domain_id,
                 issued_at=float(now),
             )
@@ -212,26 +223,40 @@ class IdentityBackend:
             raise Unauthorized()
         return user
 
-    def _find_domain(self, session: Session, ref: Any, owner: str) -> Domain:
+    def _find_domain(self, session: Session, ref: Any, owner: str) -> DomainRef:
         if not isinstance(ref, dict) or not ({"id", "name"} & ref.keys()):
             raise BadRequest(f"Expecting to find domain in {owner}.")
+        domains = self._domains(session)
         if "id" in ref:
-            domain = session.get(Domain, ref["id"])
+            domain = domains.get(ref["id"])
         else:
-            domain = session.get(Domain, self._domain_id(session, ref["name"]) or "")
+            domain = next((d for d in domains.values() if d.name == ref["name"]), None)
         if domain is None or not domain.enabled:
             raise Unauthorized()
         return domain
 
-    def _domain_id(self, session: Session, name: str) -> str | None:
-        """A domain's id from its name; every sign-in names one, so the map is cached."""
-        if self._domain_ids is None:
-            self._domain_ids = {d.name: d.id for d in session.scalars(select(Domain))}
-        return self._domain_ids.get(name)
+    def _domains(self, session: Session) -> dict[str, DomainRef]:
+        """Every domain by id; every sign-in names one, so they are cached until one changes."""
+        if self._domain_cache is None:
+            self._domain_cache = {d.id: DomainRef(d.id, d.name, d.enabled)
+                                  for d in session.scalars(select(Domain))}
+        return self._domain_cache
+
+    def _user_ref(self, session: Session, user: User) -> dict[str, Any]:
+        domain = self._domains(session)[user.domain_id]
+        return {"id": user.id, "name": user.name,
+                "domain": {"id": domain.id, "name": domain.name},
+                "password_expires_at": None}
+
+    def _project_ref(self, session: Session, project: Project) -> dict[str, Any]:
+        domain = self._domains(session)[project.domain_id]
+        return {"id": project.id, "name": project.name,
+                "domain": {"id": domain.id, "name": domain.name}}
 
     def _resolve_scope(
         self, session: Session, scope: Any, user: User
-    ) -> tuple[str | None, str | None]:
+    ) -> tuple[Project | None, str | None]:
+        """The project (or the domain id) a token is to be scoped to, if the user has a role."""
         if scope == "unscoped":  # keystone's way to ask for an unscoped token explicitly
             return None, None
         if scope is None or scope == {}:
@@ -239,7 +264,7 @@ class IdentityBackend:
             project = session.get(Project, user.default_project_id or "")
             if project is not None and project.enabled and self._effective_roles(
                     session, user.id, "project", project.id):
-                return project.id, None
+                return project, None
             return None, None
         if not isinstance(scope, dict):
             raise BadRequest("Invalid scope: expecting an object.")
@@ -261,7 +286,7 @@ class IdentityBackend:
                 raise Unauthorized()
             if not self._effective_roles(session, user.id, "project", project.id):
                 raise Unauthorized(f"User {user.id} has no access to project {project.id}")
-            return project.id, None
+            return project, None
         if "domain" in scope:
             domain = self._find_domain(session, scope["domain"], "scope")
             if not self._effective_roles(session, user.id, "domain", domain.id):
@@ -292,7 +317,7 @@ class IdentityBackend:
             raise TokenNotFound("the token's user is gone or disabled")
         info = TokenInfo(
             token=token,
-            user=_user_ref(session, user),
+            user=self._user_ref(session, user),
             methods=list(payload.methods),
             issued_at=payload.issued_at,
             expires_at=payload.expires_at,
@@ -302,7 +327,7 @@ class IdentityBackend:
             project = session.get(Project, payload.project_id)
             if project is None or not project.enabled:
                 raise TokenNotFound("the token's project is gone or disabled")
-            info.project = _project_ref(session, project)
+            info.project = self._project_ref(session, project)
             info.roles = self._effective_roles(session, user.id, "project", project.id)
         elif payload.domain_id:
             domain = session.get(Domain, payload.domain_id)
@@ -443,10 +468,10 @@ class IdentityBackend:
         role: dict[str, Any] = {"id": role_id}
         target: dict[str, Any] = {"id": grant.target_id}
         if names:
-            user = _user_ref(session, session.get(User, grant.actor_id))
+            user = self._user_ref(session, session.get(User, grant.actor_id))
             role["name"] = session.get(Role, role_id).name
             if grant.target_type == "project":
-                target = _project_ref(session, session.get(Project, grant.target_id))
+                target = self._project_ref(session, session.get(Project, grant.target_id))
             else:
                 target["name"] = session.get(Domain, grant.target_id).name
         return {"user": user, "role": role, "scope": {grant.target_type: target}}
@@ -512,7 +537,7 @@ class IdentityBackend:
         if kind in (None, "role"):
             self._roles = None
         if kind in (None, "domain"):
-            self._domain_ids = None
+            self._domain_cache = None
         if kind in (None, "service", "endpoint", "region"):
             self._catalogs.clear()
 
@@ -677,19 +702,6 @@ class IdentityBackend:
 
 def _columns(entity: Any) -> dict[str, Any]:
     return {c.key: getattr(entity, c.key) for c in entity.__table__.columns}
-
-
-def _user_ref(session: Session, user: User) -> dict[str, Any]:
-    domain = session.get(Domain, user.domain_id)
-    return {"id": user.id, "name": user.name,
-            "domain": {"id": domain.id, "name": domain.name},
-            "password_expires_at": None}
-
-
-def _project_ref(session: Session, project: Project) -> dict[str, Any]:
-    domain = session.get(Domain, project.domain_id)
-    return {"id": project.id, "name": project.name,
-            "domain": {"id": domain.id, "name": domain.name}}
 
 
 def _require_dict(parent: Any, key: str, where: str) -> dict[str, Any]:
