@@ -511,8 +511,14 @@ def test_random_id_source_does_not_repeat() -> None:
     assert IdSource(False).hex_id("user") != IdSource(False).hex_id("user")
 
 
-def test_deterministic_tokens_repeat_for_the_same_seed(tmp_path: Path) -> None:
+def test_deterministic_clouds_repeat_ids_but_keep_their_own_fernet_key(tmp_path: Path) -> None:
     first = make_backend(tmp_path / "a")
     second = make_backend(tmp_path / "b")
     now = time.time()
-    assert demo_token(first, now=now).token == demo_token(second, now=now).token
+    one, two = demo_token(first, now=now), demo_token(second, now=now)
+    assert (one.user_id, one.project_id, one.audit_ids) == \
+        (two.user_id, two.project_id, two.audit_ids)
+    # a key from a public seed would let anyone mint tokens: each cloud makes its own
+    assert one.token != two.token
+    with pytest.raises(TokenNotFound):
+        second.validate(one.token)

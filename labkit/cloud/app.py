@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from sqlalchemy.orm import DeclarativeBase
@@ -55,12 +57,21 @@ class Cloud:
         self.trace.close()
 
 
-def build_app(cloud: Cloud) -> TraceMiddleware:
+def build_app(cloud: Cloud, on_stop: Callable[[], None] | None = None) -> TraceMiddleware:
+    """The whole cloud as one ASGI app. On shutdown it writes what is pending and closes."""
     async def root(request: Request) -> Response:
         return JSONResponse({"labkit": "the embedded cloud", "services": cloud.services})
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        # uvicorn re-raises SIGTERM once it has shut down, so no code after serve() runs
+        cloud.close()
+        if on_stop:
+            on_stop()
+
     identity = build_identity_app(cloud.identity)
-    app = Starlette(routes=[
+    app = Starlette(lifespan=lifespan, routes=[
         Route("/", root),
         # without this, Starlette's Mount would redirect /identity to /identity/
         Route("/identity", versions, methods=["GET"]),

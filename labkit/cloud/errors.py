@@ -50,6 +50,12 @@ class MethodNotAllowed(ServiceError):
     default_message = "The method is not allowed for the requested URL."
 
 
+class PayloadTooLarge(ServiceError):
+    status = 413
+    title = "Request Entity Too Large"
+    default_message = "Request is too large."
+
+
 class Conflict(ServiceError):
     status = 409
     title = "Conflict"

@@ -13,14 +13,13 @@ from typing import TYPE_CHECKING
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import select
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from labkit.cloud.errors import BadRequest, Forbidden, NotFound, ServiceError
+from labkit.cloud.errors import BadRequest, Forbidden, NotFound
 from labkit.cloud.http import context, read_json
-from labkit.cloud.identity.exceptions import TokenNotFound, error_response
+from labkit.cloud.identity.exceptions import TokenNotFound, exception_handlers
 from labkit.cloud.identity.models import IdentityBase
 
 if TYPE_CHECKING:
@@ -102,22 +101,12 @@ def build_inspection_app(cloud: Cloud) -> Starlette:
         return JSONResponse({"service": service, "table": table, "columns": names,
                              "rows": rows}, media_type="application/json")
 
-    async def service_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ServiceError)
-        return error_response(exc)
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        return error_response(ServiceError(str(exc.detail)) if exc.status_code >= 500
-                              else NotFound() if exc.status_code == 404
-                              else BadRequest(str(exc.detail)))
-
     return Starlette(routes=[
         Route("/", index, methods=["GET"]),
         Route("/trace", trace, methods=["GET"]),
         Route("/tokens/decode", decode_token, methods=["POST"]),
         Route("/db/{service}/{table}", table_rows, methods=["GET"]),
-    ], exception_handlers={ServiceError: service_error, HTTPException: http_error})
+    ], exception_handlers=exception_handlers())
 
 
 def never_anonymous(method: str, path: str) -> bool:

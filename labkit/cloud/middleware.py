@@ -9,7 +9,6 @@ in the trace, and hands the handlers the caller's token (user, project, roles).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 
@@ -17,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from labkit.cloud.errors import Unauthorized
 from labkit.cloud.http import RequestInfo
-from labkit.cloud.identity.exceptions import TokenNotFound
+from labkit.cloud.identity.exceptions import TokenNotFound, error_response
 from labkit.cloud.ids import IdSource
 from labkit.cloud.trace import Trace, TraceEvent
 
@@ -153,7 +152,8 @@ class TokenMiddleware:
             self._record(info, outcome)
         path = scope["path"][len(scope.get("root_path", "")):] or "/"
         if info.token is None and not self.anonymous(scope["method"], path):
-            await _reject(send)
+            # keystonemiddleware's own 401, in keystone's error format, whatever the service
+            await error_response(Unauthorized())(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -173,16 +173,3 @@ class TokenMiddleware:
             request_id=info.request_id,
             detail=detail,
         ))
-
-
-async def _reject(send: Send) -> None:
-    """keystonemiddleware's own 401, in keystone's error format, whatever the service."""
-    error = Unauthorized()
-    body = json.dumps({"error": {"code": 401, "title": error.title,
-                                 "message": error.message}}).encode()
-    await send({"type": "http.response.start", "status": 401, "headers": [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"www-authenticate", b'Keystone uri="/identity"'),
-    ]})
-    await send({"type": "http.response.body", "body": body})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -18,7 +19,8 @@ from labkit.cloud.settings import CloudSettings
 from labkit.paths import cloud_home
 
 # What `reset` removes: the state, never the settings or the log.
-STATE_FILES = ("*.sqlite", "*.sqlite-wal", "*.sqlite-shm", "boot", "fernet-keys", "clouds.yaml")
+STATE_FILES = ("*.sqlite", "*.sqlite-wal", "*.sqlite-shm", "boot", "fernet-keys", "clouds.yaml",
+               "up.lock")
 
 
 # How labkit's own "is it up?" requests name themselves in the trace.
@@ -62,10 +64,16 @@ def up(settings: CloudSettings | None = None, timeout: float = 30) -> CloudInfo:
     """Start the cloud in the background and return once it answers; reuse a running one."""
     settings = settings or CloudSettings.from_env()
     home = settings.home
-    info = running(home)
-    if info is not None:
-        return info
     home.mkdir(parents=True, exist_ok=True)
+    # one starter at a time per state folder: two kernels calling connect() at once must
+    # not start two servers on one database
+    with open(home / "up.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return running(home) or _start(settings, timeout)
+
+
+def _start(settings: CloudSettings, timeout: float) -> CloudInfo:
+    home = settings.home
     previous = home / "settings.json"
     if settings.port == 0 and previous.exists():
         settings = settings.with_port(CloudSettings.from_json(previous.read_text()).port)
@@ -109,7 +117,8 @@ def down(home: Path | None = None, timeout: float = 10) -> bool:
         pid = json.loads((home / "cloud.json").read_text())["pid"]
     except (OSError, ValueError, KeyError):
         return False
-    if not _alive(pid):
+    if not _alive(pid) or not _serves(pid, home):
+        # gone, or the pid now belongs to something else: never signal a stranger
         (home / "cloud.json").unlink(missing_ok=True)
         return False
     _signal_group(pid, signal.SIGTERM)
@@ -159,6 +168,15 @@ def _alive(pid: int) -> bool:
     except OSError:
         return True  # no /proc: trust kill(0)
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _serves(pid: int, home: Path) -> bool:
+    """Is `pid` the cloud server of this state folder?"""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc here: trust cloud.json
+    return b"labkit.cloud.server" in args and str(home).encode() in args
 
 
 def _signal_group(pid: int, sig: int) -> None:

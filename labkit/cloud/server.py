@@ -56,16 +56,13 @@ def serve(home: Path) -> None:
     cloud = Cloud(settings, base_url, boot=next_boot(home))
     write_private(home / "clouds.yaml", yaml.safe_dump(clouds_yaml(settings.lab, base_url),
                                                         sort_keys=False))
-    config = uvicorn.Config(build_app(cloud), log_level="warning", access_log=False,
-                            lifespan="off")
+    state_file = home / "cloud.json"
+    app = build_app(cloud, on_stop=lambda: state_file.unlink(missing_ok=True))
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     state = {"pid": os.getpid(), "port": port, "url": base_url, "started_at": time.time()}
-    (home / "cloud.json").write_text(json.dumps(state))
-    try:
-        server.run(sockets=[sock])  # uvicorn picks its event loop (uvloop when installed)
-    finally:
-        (home / "cloud.json").unlink(missing_ok=True)
-        cloud.close()
+    state_file.write_text(json.dumps(state))
+    server.run(sockets=[sock])  # uvicorn picks its event loop (uvloop when installed)
 
 
 if __name__ == "__main__":

@@ -105,8 +105,9 @@ class Trace:
         limit: int = 1000,
     ) -> list[TraceEvent]:
         self.flush()
-        # by time: a request is recorded when it ends, after the steps inside it
-        stmt = select(TraceRow).order_by(TraceRow.time, TraceRow.seq)
+        # newest first under the limit, then in time order: a request is recorded when it
+        # ends, after the steps inside it, so time (not seq) tells the story
+        stmt = select(TraceRow).order_by(TraceRow.time.desc(), TraceRow.seq.desc())
         if request_id:
             stmt = stmt.where(TraceRow.request_id == request_id)
         if since is not None:
@@ -117,7 +118,7 @@ class Trace:
             stmt = stmt.where(TraceRow.kind == kind)
         stmt = stmt.limit(limit)
         with self.db.session() as session:
-            return [
+            newest_first = [
                 TraceEvent(
                     kind=r.kind,
                     source=r.source,
@@ -130,3 +131,4 @@ class Trace:
                 )
                 for r in session.scalars(stmt)
             ]
+        return newest_first[::-1]

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from labkit.cloud.db import Database
 from labkit.cloud.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from labkit.cloud.http import is_true
 from labkit.cloud.identity.exceptions import TokenNotFound
 from labkit.cloud.identity.models import (
     Assignment,
@@ -115,6 +116,7 @@ class DomainRef:
     id: str
     name: str
     enabled: bool
+NULLABLE = ("email", "description", "default_project_id", "parent_region_id", "region_id")
 NAME_LENGTH = {"domain": 64, "project": 64, "user": 255, "role": 255, "service": 255}
 
 
@@ -145,13 +147,13 @@ class IdentityBackend:
 
     def hash_password(self, password: str) -> str:
         salt = bcrypt.gensalt(rounds=self.bcrypt_rounds)
-        return bcrypt.hashpw(password.encode(), salt).decode()
+        return bcrypt.hashpw(_bcrypt_input(password), salt).decode()
 
     @staticmethod
     def _password_matches(password: str, hashed: str | None) -> bool:
         if not hashed:
             return False
-        return bcrypt.checkpw(password.encode(), hashed.encode())
+        return bcrypt.checkpw(_bcrypt_input(password), hashed.encode())
 
     # -- authentication ----------------------------------------------------------------
 
@@ -209,17 +211,16 @@ class IdentityBackend:
         if not isinstance(secret, str):
             raise BadRequest("Expecting to find password in user.")
         if "id" in user_ref:
-            user = session.get(User, user_ref["id"])
+            user = session.get(User, _text(user_ref["id"], "user.id"))
         elif "name" in user_ref:
             domain = self._find_domain(session, user_ref.get("domain"), "user")
-            user = session.scalar(
-                select(User).where(User.name == user_ref["name"], User.domain_id == domain.id)
-            )
+            user = session.scalar(select(User).where(
+                User.name == _text(user_ref["name"], "user.name"), User.domain_id == domain.id))
         else:
             raise BadRequest("Expecting to find id or name in user.")
         # one answer for every failure, so a caller cannot tell which part was wrong
-        if user is None or not user.enabled or not self._password_matches(secret,
-                                                                            user.password_hash):
+        if (user is None or not user.enabled or not self._domain_enabled(session, user.domain_id)
+                or not self._password_matches(secret, user.password_hash)):
             raise Unauthorized()
         return user
 
@@ -228,9 +229,10 @@ class IdentityBackend:
             raise BadRequest(f"Expecting to find domain in {owner}.")
         domains = self._domains(session)
         if "id" in ref:
-            domain = domains.get(ref["id"])
+            domain = domains.get(_text(ref["id"], "domain.id"))
         else:
-            domain = next((d for d in domains.values() if d.name == ref["name"]), None)
+            name = _text(ref["name"], "domain.name")
+            domain = next((d for d in domains.values() if d.name == name), None)
         if domain is None or not domain.enabled:
             raise Unauthorized()
         return domain
@@ -241,6 +243,10 @@ class IdentityBackend:
             self._domain_cache = {d.id: DomainRef(d.id, d.name, d.enabled)
                                   for d in session.scalars(select(Domain))}
         return self._domain_cache
+
+    def _domain_enabled(self, session: Session, domain_id: str) -> bool:
+        domain = self._domains(session).get(domain_id)
+        return domain is not None and domain.enabled
 
     def _user_ref(self, session: Session, user: User) -> dict[str, Any]:
         domain = self._domains(session)[user.domain_id]
@@ -273,16 +279,16 @@ class IdentityBackend:
             if not isinstance(ref, dict):
                 raise BadRequest("Expecting to find id or name in project.")
             if "id" in ref:
-                project = session.get(Project, ref["id"])
+                project = session.get(Project, _text(ref["id"], "project.id"))
             elif "name" in ref:
                 domain = self._find_domain(session, ref.get("domain"), "project")
-                project = session.scalar(
-                    select(Project).where(Project.name == ref["name"],
-                                          Project.domain_id == domain.id)
-                )
+                project = session.scalar(select(Project).where(
+                    Project.name == _text(ref["name"], "project.name"),
+                    Project.domain_id == domain.id))
             else:
                 raise BadRequest("Expecting to find id or name in project.")
-            if project is None or not project.enabled:
+            if (project is None or not project.enabled
+                    or not self._domain_enabled(session, project.domain_id)):
                 raise Unauthorized()
             if not self._effective_roles(session, user.id, "project", project.id):
                 raise Unauthorized(f"User {user.id} has no access to project {project.id}")
@@ -313,8 +319,8 @@ class IdentityBackend:
     def _describe(self, session: Session, token: str, payload: TokenPayload) -> TokenInfo:
         """What a token stands for now: its user, scope and roles, read from the database."""
         user = session.get(User, payload.user_id)
-        if user is None or not user.enabled:
-            raise TokenNotFound("the token's user is gone or disabled")
+        if user is None or not user.enabled or not self._domain_enabled(session, user.domain_id):
+            raise TokenNotFound("the token's user, or its domain, is gone or disabled")
         info = TokenInfo(
             token=token,
             user=self._user_ref(session, user),
@@ -325,8 +331,9 @@ class IdentityBackend:
         )
         if payload.project_id:
             project = session.get(Project, payload.project_id)
-            if project is None or not project.enabled:
-                raise TokenNotFound("the token's project is gone or disabled")
+            if (project is None or not project.enabled
+                    or not self._domain_enabled(session, project.domain_id)):
+                raise TokenNotFound("the token's project, or its domain, is gone or disabled")
             info.project = self._project_ref(session, project)
             info.roles = self._effective_roles(session, user.id, "project", project.id)
         elif payload.domain_id:
@@ -414,9 +421,7 @@ class IdentityBackend:
                 raise NotFound(f"Could not find role assignment with role: {role_id}, "
                                f"user or group: {user_id}, {target_type}: {target_id}.")
             session.delete(grant)
-        # the user's tokens on that target lose the role now, as keystone's revocation does
-        scope = {"project_id": target_id} if target_type == "project" else {}
-        self._add_revocation(user_id=user_id, issued_before=time.time(), **scope)
+        # no revocation event needed: every validation reads the roles afresh
 
     def has_grant(self, user_id: str, target_type: str, target_id: str, role_id: str) -> bool:
         with self.db.session() as session:
@@ -551,7 +556,7 @@ class IdentityBackend:
                 continue
             column = getattr(model, key)
             if key == "enabled":
-                stmt = stmt.where(column.is_(value.lower() in ("true", "1", "yes")))
+                stmt = stmt.where(column.is_(is_true(value)))
             else:
                 stmt = stmt.where(column == value)
         order = model.name if hasattr(model, "name") else model.id
@@ -628,19 +633,24 @@ class IdentityBackend:
                                  "first.")
             if kind == "domain" and entity_id == "default":
                 raise Forbidden("Cannot delete the default domain.")
-            if kind == "domain" and session.scalar(
-                    select(Project.id).where(Project.domain_id == entity_id).limit(1)):
-                raise Conflict("Cannot delete a domain that still owns projects.")
+            if kind == "domain" and (
+                    session.scalar(select(Project.id).where(Project.domain_id == entity_id))
+                    or session.scalar(select(User.id).where(User.domain_id == entity_id))):
+                raise Conflict("Cannot delete a domain that still owns projects or users: "
+                               "delete those first.")
+            if kind == "region" and (
+                    session.scalar(select(Endpoint.id).where(Endpoint.region_id == entity_id))
+                    or session.scalar(select(Region.id).where(
+                        Region.parent_region_id == entity_id))):
+                raise Conflict(f"Cannot delete region {entity_id}: endpoints or child regions "
+                               f"still refer to it.")
             if kind in ("project", "domain"):
                 for grant in session.scalars(select(Assignment).where(
                         Assignment.target_id == entity_id)):
                     session.delete(grant)
             session.delete(entity)
+        # tokens of a deleted user or project fail validation, which reads both afresh
         self.forget_cached(kind)
-        if kind == "user":
-            self._add_revocation(user_id=entity_id, issued_before=time.time())
-        if kind == "project":
-            self._add_revocation(project_id=entity_id, issued_before=time.time())
 
     def _clean(self, kind: str, body: dict[str, Any], creating: bool) -> dict[str, Any]:
         allowed = FIELDS[kind]
@@ -663,9 +673,8 @@ class IdentityBackend:
             if key == "interface" and value not in INTERFACES:
                 raise BadRequest(f"Invalid input for field 'interface': {value!r} is not one "
                                  f"of {list(INTERFACES)}")
-            if key not in ("enabled",) and value is not None and not isinstance(value, str):
-                raise BadRequest(f"Invalid input for field '{key}': {value!r} is not of type "
-                                 f"'string'")
+            if key != "enabled" and not (value is None and key in NULLABLE):
+                _text(value, key)
         return fields
 
     def _legacy_region(self, session: Session, region_id: Any) -> str:
@@ -681,8 +690,10 @@ class IdentityBackend:
         if kind == "endpoint":
             if "service_id" in fields:
                 self._get(session, "service", fields["service_id"])
-            if fields.get("region_id"):
+            if fields.get("region_id") is not None:
                 self._get(session, "region", fields["region_id"])
+        if kind == "region" and fields.get("parent_region_id") is not None:
+            self._get(session, "region", fields["parent_region_id"])
         if kind == "user" and fields.get("default_project_id"):
             self._get(session, "project", fields["default_project_id"])
 
@@ -702,6 +713,22 @@ class IdentityBackend:
 
 def _columns(entity: Any) -> dict[str, Any]:
     return {c.key: getattr(entity, c.key) for c in entity.__table__.columns}
+
+
+def _bcrypt_input(password: str) -> bytes:
+    """bcrypt reads 72 bytes at most; keystone cuts longer passwords there too."""
+    return _text(password, "password").encode()[:72]
+
+
+def _text(value: Any, field: str) -> str:
+    """`value` if it is a string that can be stored, else BadRequest naming the field."""
+    if not isinstance(value, str):
+        raise BadRequest(f"Invalid input for field '{field}': {value!r} is not of type 'string'")
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise BadRequest(f"Invalid input for field '{field}': not valid Unicode text") from exc
+    return value
 
 
 def _require_dict(parent: Any, key: str, where: str) -> dict[str, Any]:

@@ -10,21 +10,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
-from labkit.cloud.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, ServiceError
-from labkit.cloud.http import context, read_json, request_info
+from labkit.cloud.errors import BadRequest, Forbidden, NotFound
+from labkit.cloud.http import context, is_true, read_json, request_info
 from labkit.cloud.identity.backend import IdentityBackend, TokenInfo
-from labkit.cloud.identity.exceptions import error_response
+from labkit.cloud.identity.exceptions import exception_handlers
 from labkit.cloud.identity.models import Domain, Endpoint, Project, Region, Role, Service, User
 
 VERSION = {"id": "v3.14", "status": "stable", "updated": "2020-04-07T00:00:00Z"}
 PLURALS = {"domain": "domains", "project": "projects", "user": "users", "role": "roles",
            "region": "regions", "service": "services", "endpoint": "endpoints"}
 Handler = Callable[[Request], Awaitable[Response]]
+READABLE_BY_ANY_TOKEN = ("region",)  # keystone's list_regions and get_region need no role
 
 
 def iso(timestamp: float) -> str:
@@ -212,11 +212,9 @@ def build_identity_app(backend: IdentityBackend) -> Starlette:
 
     @route("/v3/users/{user_id}/password", ["POST"])
     async def change_password(request: Request) -> Response:
+        # keystone asks for no token here: the original password is the proof, so a user
+        # whose password has expired can still set a new one
         user_id = request.path_params["user_id"]
-        token = context(request)
-        if token.user_id != user_id:
-            raise Forbidden("You are not authorized to perform the requested action: "
-                            "change another user's password.")
         user = (await read_json(request)).get("user")
         if not isinstance(user, dict) or not isinstance(user.get("password"), str) \
                 or not isinstance(user.get("original_password"), str):
@@ -235,8 +233,7 @@ def build_identity_app(backend: IdentityBackend) -> Starlette:
         rows = backend.role_assignments(
             dict(params),
             effective="effective" in params,
-            include_names=params.get("include_names", "").lower() in ("", "1", "true")
-            and "include_names" in params,
+            include_names=is_true(params.get("include_names")),
         )
         for row in rows:
             row["links"] = {"assignment": _assignment_link(request, row)}
@@ -258,20 +255,7 @@ def build_identity_app(backend: IdentityBackend) -> Starlette:
         routes.append(Route(f"/v3/{PLURALS[kind]}/{{entity_id}}", _entity_member(backend, kind),
                             methods=["GET", "PATCH", "DELETE"]))
 
-    async def service_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ServiceError)
-        return error_response(exc)
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        if exc.status_code == 405:
-            return error_response(MethodNotAllowed())
-        if exc.status_code == 404:
-            return error_response(NotFound())
-        return error_response(ServiceError(str(exc.detail)))
-
-    return Starlette(routes=routes, exception_handlers={
-        ServiceError: service_error, HTTPException: http_error})
+    return Starlette(routes=routes, exception_handlers=exception_handlers())
 
 
 def _assignment_link(request: Request, row: dict[str, Any]) -> str:
@@ -308,9 +292,11 @@ def _grant(backend: IdentityBackend, target: str) -> Handler:
 def _entity_collection(backend: IdentityBackend, kind: str) -> Handler:
     async def handler(request: Request) -> Response:
         token = context(request)
-        require_admin(token)
         if request.method == "GET":
+            if kind not in READABLE_BY_ANY_TOKEN:
+                require_admin(token)
             return collection(kind, backend.list(kind, dict(request.query_params)), request)
+        require_admin(token)
         body = (await read_json(request)).get(kind)
         if not isinstance(body, dict):
             raise BadRequest(f"Expecting to find {kind} in request body.")
@@ -326,7 +312,8 @@ def _entity_member(backend: IdentityBackend, kind: str) -> Handler:
         token = context(request)
         entity_id = request.path_params["entity_id"]
         if request.method == "GET":
-            own = (kind == "user" and entity_id == token.user_id) or (
+            own = kind in READABLE_BY_ANY_TOKEN or (
+                kind == "user" and entity_id == token.user_id) or (
                 kind == "project" and entity_id == token.project_id) or (
                 kind == "domain" and token.project is not None
                 and token.project["domain"]["id"] == entity_id)
@@ -349,6 +336,8 @@ def anonymous_paths(app: Starlette) -> Callable[[str, str], bool]:
     unknown paths (keystone routes first, so those get its 404 rather than a 401)."""
     def anonymous(method: str, path: str) -> bool:
         if path in ("/", "/v3", "/v3/") or (path == "/v3/auth/tokens" and method == "POST"):
+            return True
+        if method == "POST" and path.startswith("/v3/users/") and path.endswith("/password"):
             return True
         scope = {"type": "http", "path": path, "root_path": "", "method": method}
         return all(route.matches(scope)[0] == Match.NONE for route in app.routes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,9 @@ class FernetTokens:
         key_dir.mkdir(parents=True, exist_ok=True)
         primary = key_dir / "0"
         if not primary.exists():
-            key = base64.urlsafe_b64encode(ids.random_bytes("fernet-key", 32))
+            # random even in deterministic mode: a key from a public seed would let anyone
+            # mint tokens, and would revive revoked tokens after a reset
+            key = base64.urlsafe_b64encode(os.urandom(32))
             primary.write_bytes(key)
             primary.chmod(0o600)
         self._key = primary.read_bytes().strip()
