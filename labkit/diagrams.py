@@ -57,12 +57,12 @@ def _endpoint_lines(endpoints: Sequence[Mapping[str, Any]]) -> list[tuple[str, s
     return [(" · ".join(wheres), url) for url, wheres in by_url.items()]
 
 
-def _service_label(service: Mapping[str, Any], start: bool) -> str:
-    name = service.get("name") or service.get("type", "?")
-    rows = [f'<tr><td align="left"><b>{_esc(name)}</b></td>'
-            f'<td align="right"><font color="{MUTED}">{_esc(service.get("type", ""))}</font>'
-            "</td></tr>"]
-    for interfaces, url in _endpoint_lines(service.get("endpoints", [])):
+def _group_label(group: list[Mapping[str, Any]], start: bool, width: int) -> str:
+    """One node's label: the names and types of services that share their endpoints."""
+    rows = [f'<tr><td align="left" width="{width - 110}"><b>'
+            f'{_esc(s.get("name") or s.get("type", "?"))}</b></td><td align="right" width="110">'
+            f'<font color="{MUTED}">{_esc(s.get("type", ""))}</font></td></tr>' for s in group]
+    for interfaces, url in _endpoint_lines(group[0].get("endpoints", [])):
         rows.append(f'<tr><td align="left" colspan="2"><font face="{MONO}" point-size="10">'
                     f"{_esc(url)}</font></td></tr>")
         rows.append(f'<tr><td align="left" colspan="2"><font point-size="9" color="{MUTED}">'
@@ -71,17 +71,28 @@ def _service_label(service: Mapping[str, Any], start: bool) -> str:
         rows.append(f'<tr><td align="left" colspan="2"><font point-size="10" '
                     f'color="{KEYSTONE_LINE}"><b>everything starts here: '
                     "POST /v3/auth/tokens</b></font></td></tr>")
-    return ('<<table border="0" cellborder="0" cellspacing="0" cellpadding="2">'
+    return (f'<<table border="0" cellborder="0" cellspacing="0" cellpadding="2" width="{width}">'
             + "".join(rows) + "</table>>")
 
 
+def _groups(catalog: Iterable[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+    """Services grouped by their endpoints (cinder's two types share one API); keystone first."""
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+    for service in catalog:
+        key = tuple(sorted((e.get("interface"), e.get("region_id") or e.get("region"),
+                            e.get("url")) for e in service.get("endpoints", [])))
+        groups.setdefault(key or (service.get("type"),), []).append(service)
+    return sorted(groups.values(), key=lambda g: all(s.get("type") != "identity" for s in g))
+
+
 def service_catalog(catalog: Iterable[Mapping[str, Any]], client: str = "you") -> graphviz.Digraph:
-    """The catalog a token carries: each service's type, name and URL; keystone first.
+    """The catalog a token carries: each service's name, type and URL; keystone first.
 
     `catalog` is keystone's list of services (`access.service_catalog.catalog`
-    in keystoneauth, `token["catalog"]` in the API's JSON).
+    in keystoneauth, `token["catalog"]` in the API's JSON). Services that share
+    their endpoints share a box.
     """
-    services = sorted(catalog, key=lambda s: s.get("type") != "identity")
+    groups = _groups(catalog)
     graph = graphviz.Digraph("service_catalog", graph_attr={
         "rankdir": "LR", "compound": "true", "fontname": FONT, "nodesep": "0.15",
         "ranksep": "0.9", "bgcolor": "transparent",
@@ -91,31 +102,38 @@ def service_catalog(catalog: Iterable[Mapping[str, Any]], client: str = "you") -
     graph.attr("edge", fontname=FONT, fontsize="10")
     graph.node("client", f"<<b>{_esc(client)}</b><br/><font point-size='9'>openstacksdk, "
                "the CLI</font>>", fillcolor=CLIENT_FILL, color=MUTED)
-    first = None
-    keystone = None
+    if not groups:
+        graph.node("empty", "no catalog: an unscoped token carries none", shape="plaintext",
+                   style="", fontcolor=MUTED)
+        return graph
+    # one width for every box, so the column reads as a list
+    widest = max(len(e.get("url", "")) for g in groups for s in g
+                 for e in s.get("endpoints", [{}]))
+    width = int(max(widest * 6.0 + 8, 260))
+    keystone = first = None
     with graph.subgraph(name="cluster_catalog") as cluster:
         cluster.attr(label="the service catalog in your token", fontname=FONT, fontsize="11",
-                     style="rounded,dashed", color=MUTED, fontcolor=MUTED, rank="same")
-        for i, service in enumerate(services):
+                     style="rounded,dashed", color=MUTED, fontcolor=MUTED)
+        for i, group in enumerate(groups):
             node = f"s{i}"
-            is_keystone = service.get("type") == "identity"
-            if is_keystone and keystone is None:
+            if keystone is None and any(s.get("type") == "identity" for s in group):
                 keystone = node
-                cluster.node(node, _service_label(service, start=True), fillcolor=KEYSTONE_FILL,
-                             color=KEYSTONE_LINE, penwidth="2")
+                cluster.node(node, _group_label(group, True, width),
+                             fillcolor=KEYSTONE_FILL, color=KEYSTONE_LINE, penwidth="2")
             else:
                 first = first or node
-                cluster.node(node, _service_label(service, start=False),
+                cluster.node(node, _group_label(group, False, width),
                              fillcolor=SERVICE_FILL, color=SERVICE_LINE)
+    # every box one step from the client: one column, in the catalog's order
+    for i in range(len(groups)):
+        if f"s{i}" not in (keystone, first):
+            graph.edge("client", f"s{i}", style="invis")
     if keystone:
         graph.edge("client", keystone, label=" 1. sign in: token + catalog ", color=KEYSTONE_LINE,
                    fontcolor=KEYSTONE_LINE, penwidth="2")
     if first:
         graph.edge("client", first, lhead="cluster_catalog", color=SERVICE_LINE,
                    fontcolor=SERVICE_LINE, label=" 2. call a service,\n    with X-Auth-Token ")
-    if not services:
-        graph.node("empty", "no catalog: an unscoped token carries none", shape="plaintext",
-                   style="", fontcolor=MUTED)
     return graph
 
 
@@ -138,6 +156,7 @@ class _Step:
 class _Sequence:
     participants: list[str] = field(default_factory=list)
     steps: list[_Step] = field(default_factory=list)
+    clients: set[str] = field(default_factory=set)
 
     def add(self, step: _Step) -> None:
         for name in (step.source, step.target):
@@ -179,6 +198,7 @@ def _steps_for_request(api: Any, inner: list[Any], seq: _Sequence) -> None:
     lines = [_short(f"{method} {path}".strip() or _get(api, "summary", ""))]
     if any(_get(e, "kind") == "auth" for e in inner):
         lines.append("X-Auth-Token: <token>")
+    seq.clients.add(client)
     seq.add(_Step(client, service, lines, bold_first=True))
     for event in inner:
         _steps_for_event(event, seq)
@@ -241,16 +261,15 @@ def _text_width(lines: list[str]) -> float:
     return max((len(line) for line in lines), default=0) * CHAR_W
 
 
-def _header(name: str) -> tuple[str, str, str]:
+def _header(name: str, client: bool) -> tuple[str, str, str]:
     """(label, fill, line colour) of a participant's box."""
-    kind = SERVICE_TYPES.get(name)
-    sub = kind or ("client" if name in CLIENTS else "")
+    sub = "client" if client else SERVICE_TYPES.get(name, "")
     label = f"<<b>{_esc(name)}</b>" + (f'<br/><font point-size="9">{_esc(sub)}</font>'
                                           if sub else "") + ">"
+    if client:
+        return label, CLIENT_FILL, MUTED
     if name == "keystone":
         return label, KEYSTONE_FILL, KEYSTONE_LINE
-    if name in CLIENTS or name not in SERVICE_TYPES and sub == "":
-        return label, CLIENT_FILL, MUTED
     return label, SERVICE_FILL, SERVICE_LINE
 
 
@@ -310,7 +329,7 @@ def token_flow(events: Iterable[Any], hide: Sequence[str] = ("labkit-inspector",
     y = -40.0
     top = 0.0
     for name, x in zip(seq.participants, xs, strict=True):
-        label, fill, line = _header(name)
+        label, fill, line = _header(name, name in seq.clients or name in CLIENTS)
         graph.node(f"h{cols[name]}", label, shape="box", style="rounded,filled",
                    fillcolor=fill, color=line, pos=f"{x:.1f},{top:.1f}!")
     point = {"shape": "point", "width": "0.01", "height": "0.01", "color": "#00000000"}

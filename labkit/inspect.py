@@ -86,6 +86,13 @@ class Rows(list):
         self.columns = columns
         self.title = title
 
+    def __repr__(self) -> str:
+        rows = [self.columns, *([str(r.get(c)) for c in self.columns] for r in self)]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(self.columns))]
+        lines = ["  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=True)).rstrip()
+                 for row in rows]
+        return "\n".join([self.title, *lines])
+
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
         # values in <code>: a bcrypt hash's "$2b$...$" would otherwise be typeset as math
