@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -51,6 +53,20 @@ def pid_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def auth_header(token: str) -> dict[str, str]:
+    return {"X-Auth-Token": token}
+
+
+def wait_for(fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: float = 10) -> Any:
+    """Poll `fetch` until `done` says yes or the deadline passes; return the last value."""
+    deadline = time.monotonic() + timeout
+    value = fetch()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = fetch()
+    return value
 
 
 def start_cloud(home: Path, deterministic: bool = True) -> CloudInfo:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -15,7 +14,7 @@ import pytest
 from openstack.connection import Connection
 from openstack.exceptions import ForbiddenException, SDKException
 
-from conftest import password_auth
+from conftest import auth_header, password_auth, wait_for
 from labkit.cloud.process import CloudInfo
 from labkit.inspect import inspector
 
@@ -42,19 +41,6 @@ def keystone_error(response: httpx.Response, code: int) -> str:
     assert isinstance(error["message"], str) and error["message"]
     return error["message"]
 
-
-def auth_header(token: str) -> dict[str, str]:
-    return {"X-Auth-Token": token}
-
-
-def wait_for(fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: float = 10) -> Any:
-    """Poll `fetch` until `done` says yes or the deadline passes; return the last value."""
-    deadline = time.monotonic() + timeout
-    value = fetch()
-    while not done(value) and time.monotonic() < deadline:
-        time.sleep(0.05)
-        value = fetch()
-    return value
 
 
 @pytest.fixture(scope="module")

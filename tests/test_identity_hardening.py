@@ -25,12 +25,14 @@ import pytest
 from conftest import (
     LAB_PASSWORDS,
     SUBPROCESS_TIMEOUT,
+    auth_header,
     clean_env,
     console_script,
     password_auth,
     pid_alive,
     start_cloud,
     stop_cloud,
+    wait_for,
 )
 from labkit.cloud import process
 from labkit.cloud.process import CloudInfo
@@ -65,19 +67,6 @@ def keystone_error(response: httpx.Response, *codes: int) -> str:
     assert isinstance(error["message"], str) and error["message"]
     return error["message"]
 
-
-def auth_header(token: str) -> dict[str, str]:
-    return {"X-Auth-Token": token}
-
-
-def wait_for(fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: float = 10) -> Any:
-    """Poll `fetch` until `done` says yes or the deadline passes; return the last value."""
-    deadline = time.monotonic() + timeout
-    value = fetch()
-    while not done(value) and time.monotonic() < deadline:
-        time.sleep(0.05)
-        value = fetch()
-    return value
 
 
 def id_auth(user_id: str, password: str, project_id: str | None = None) -> dict[str, Any]:
