@@ -46,8 +46,12 @@ def connect_admin(cloud: str | None = None) -> Connection:
     return connect(admin)
 
 
+def embedded_cloud_at(auth_url: str) -> process.CloudInfo | None:
+    """The embedded cloud running here, if `auth_url` is its keystone."""
+    info = process.running()
+    return info if info is not None and auth_url.startswith(info.url) else None
+
+
 def is_embedded(conn: Connection) -> bool:
     """Does this connection talk to the embedded cloud running here?"""
-    info = process.running()
-    auth_url = (conn.config.get_auth_args() or {}).get("auth_url", "")
-    return info is not None and auth_url.startswith(info.url)
+    return embedded_cloud_at((conn.config.get_auth_args() or {}).get("auth_url", "")) is not None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 from openstack.connection import Connection
@@ -102,10 +101,6 @@ class Rows(list):
             + "</tr>" for r in self)
         return (f"<p><code>{html.escape(self.title)}</code></p><table><thead><tr>{head}</tr>"
                 f"</thead><tbody>{body}</tbody></table>")
-
-
-def iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Inspector:

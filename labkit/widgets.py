@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import ipywidgets as w
-import yaml
 from keystoneauth1 import exceptions as ks_exceptions
 from keystoneauth1 import session as ks_session
 from keystoneauth1.access import AccessInfo
@@ -25,7 +24,9 @@ from keystoneauth1.identity import v3
 from openstack.connection import Connection
 
 from labkit.cloud import process
+from labkit.cloud.identity.bootstrap import load_yaml
 from labkit.cloud.settings import CloudSettings, env_flag
+from labkit.connect import embedded_cloud_at
 
 WRONG_PASSWORD = "not-the-password"
 OK_COLOR = "#e6f4ea"
@@ -55,11 +56,8 @@ class Target:
         return bool(self.users)
 
 
-def _lab_file() -> Path | None:
+def _lab_file(info: process.CloudInfo) -> Path | None:
     """identity.yaml of the lab the running embedded cloud was started with."""
-    info = process.running()
-    if info is None:
-        return None
     try:
         lab = CloudSettings.from_json((info.home / "settings.json").read_text()).lab
     except (OSError, ValueError, TypeError):
@@ -70,13 +68,11 @@ def _lab_file() -> Path | None:
 
 def _lab_people(auth_url: str) -> tuple[dict[str, str], list[str], dict[str, str]]:
     """The lab's people (not the services' users) and projects, if `auth_url` is the lab's."""
-    info = process.running()
-    if env_flag("LABKIT_FOREIGN") or info is None or not auth_url.startswith(info.url):
-        return {}, [], {}
-    path = _lab_file()
+    info = None if env_flag("LABKIT_FOREIGN") else embedded_cloud_at(auth_url)
+    path = _lab_file(info) if info is not None else None
     if path is None:
         return {}, [], {}
-    lab = yaml.safe_load(path.read_text()) or {}
+    lab = load_yaml(path)
     people = [u for u in lab.get("users", []) if u.get("project") != "service"]
     projects = [p["name"] for p in lab.get("projects", []) if p["name"] != "service"]
     return ({u["name"]: u["password"] for u in people}, projects,

@@ -678,9 +678,7 @@ class IdentityBackend:
         return fields
 
     def _legacy_region(self, session: Session, region_id: Any) -> str:
-        if not isinstance(region_id, str):
-            raise BadRequest(f"Invalid input for field 'region': {region_id!r} is not of type "
-                             f"'string'")
+        region_id = _text(region_id, "region")
         if session.get(Region, region_id) is None:
             session.add(Region(id=region_id, description=""))
             session.flush()
