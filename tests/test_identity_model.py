@@ -522,3 +522,12 @@ def test_deterministic_clouds_repeat_ids_but_keep_their_own_fernet_key(tmp_path:
     assert one.token != two.token
     with pytest.raises(TokenNotFound):
         second.validate(one.token)
+
+
+def test_a_time_reads_the_same_before_and_after_a_trip_through_the_token() -> None:
+    # The token keeps whole microseconds; the issued body and a rescoped body must agree.
+    from labkit.cloud.identity.handlers import iso
+    start = 1_795_000_000.0
+    for step in range(20_000):
+        moment = start + step * 0.000_000_37 + step * 1.3
+        assert iso(moment) == iso(round(moment * 1_000_000) / 1_000_000)

@@ -6,7 +6,7 @@ Holds no state: everything goes through `IdentityBackend`.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.applications import Starlette
@@ -24,12 +24,18 @@ VERSION = {"id": "v3.14", "status": "stable", "updated": "2020-04-07T00:00:00Z"}
 PLURALS = {"domain": "domains", "project": "projects", "user": "users", "role": "roles",
            "region": "regions", "service": "services", "endpoint": "endpoints"}
 Handler = Callable[[Request], Awaitable[Response]]
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 READABLE_BY_ANY_TOKEN = ("region",)  # keystone's list_regions and get_region need no role
 
 
 def iso(timestamp: float) -> str:
-    """Keystone's timestamp format: microseconds and a Z."""
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Keystone's timestamp format: microseconds and a Z.
+
+    Counted in whole microseconds, as the token payload stores them: converting the float
+    directly can round the last digit differently for the same instant.
+    """
+    moment = EPOCH + timedelta(microseconds=round(timestamp * 1_000_000))
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def v3_url(request: Request) -> str:
