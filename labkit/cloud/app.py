@@ -13,6 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
+from labkit.cloud.bus import MessageBus
+from labkit.cloud.compute import ComputeService
 from labkit.cloud.db import Database
 from labkit.cloud.identity.backend import IdentityBackend
 from labkit.cloud.identity.bootstrap import bootstrap
@@ -20,8 +22,11 @@ from labkit.cloud.identity.handlers import anonymous_paths, build_identity_app, 
 from labkit.cloud.identity.models import IdentityBase
 from labkit.cloud.identity.tokens import FernetTokens
 from labkit.cloud.ids import IdSource
+from labkit.cloud.image import ImageService
 from labkit.cloud.inspection import build_inspection_app, never_anonymous
 from labkit.cloud.middleware import TokenMiddleware, TraceMiddleware
+from labkit.cloud.placement import PlacementService
+from labkit.cloud.service import Service
 from labkit.cloud.settings import CloudSettings
 from labkit.cloud.trace import Trace
 
@@ -41,11 +46,30 @@ class Cloud:
             self.identity_db, FernetTokens(home / "fernet-keys", self.ids), self.ids,
             bcrypt_rounds=settings.bcrypt_rounds, token_ttl=settings.token_ttl)
         bootstrap(self.identity, settings.lab, base_url)
+        self.bus = MessageBus(self.trace)
+        # order matters: nova talks to glance and placement
+        self.image = ImageService(self)
+        self.placement = PlacementService(self)
+        self.compute = ComputeService(self)
+        self.mounted: dict[str, Service] = {
+            "image": self.image, "placement": self.placement, "compute": self.compute}
         self.services = {"keystone": "/identity", "labkit-inspector": "/labkit/v1"}
+        self.services.update({s.name: s.path for s in self.mounted.values()})
 
     def databases(self) -> dict[str, tuple[Database, type[DeclarativeBase]]]:
         """Each service's database and its tables, for the inspection API."""
-        return {"identity": (self.identity_db, IdentityBase)}
+        found: dict[str, tuple[Database, type[DeclarativeBase]]] = {
+            "identity": (self.identity_db, IdentityBase)}
+        found.update({key: (s.database, s.base) for key, s in self.mounted.items()})
+        return found
+
+    async def start(self) -> None:
+        for service in self.mounted.values():
+            await service.start()
+
+    async def stop(self) -> None:
+        for service in reversed(self.mounted.values()):
+            await service.stop()
 
     def protected(self, app: Starlette, service: str, anonymous) -> TokenMiddleware:  # type: ignore[no-untyped-def]
         """A service's app behind the one token middleware every service mounts."""
@@ -53,6 +77,8 @@ class Cloud:
                                trace=self.trace, anonymous=anonymous)
 
     def close(self) -> None:
+        for service in self.mounted.values():
+            service.close()
         self.identity_db.close()
         self.trace.close()
 
@@ -64,7 +90,9 @@ def build_app(cloud: Cloud, on_stop: Callable[[], None] | None = None) -> TraceM
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await cloud.start()
         yield
+        await cloud.stop()
         # uvicorn re-raises SIGTERM once it has shut down, so no code after serve() runs
         cloud.close()
         if on_stop:
@@ -76,10 +104,21 @@ def build_app(cloud: Cloud, on_stop: Callable[[], None] | None = None) -> TraceM
         # without this, Starlette's Mount would redirect /identity to /identity/
         Route("/identity", versions, methods=["GET"]),
         Mount("/identity", app=cloud.protected(identity, "keystone", anonymous_paths(identity))),
+        *service_routes(cloud),
         Mount("/labkit/v1", app=cloud.protected(build_inspection_app(cloud), "labkit-inspector",
                                                 never_anonymous)),
     ])
     return TraceMiddleware(app, cloud.trace, cloud.ids)
+
+
+def service_routes(cloud: Cloud) -> list[Route | Mount]:
+    """Each mounted service: its root (the version document, with no redirect), then its API."""
+    routes: list[Route | Mount] = []
+    for service in cloud.mounted.values():
+        routes.append(Route(service.path, service.root, methods=["GET"]))
+        routes.append(Mount(service.path, app=cloud.protected(service.app, service.name,
+                                                               service.anonymous)))
+    return routes
 
 
 def next_boot(home: Path) -> int:

@@ -20,7 +20,6 @@ from starlette.routing import Route
 from labkit.cloud.errors import BadRequest, Forbidden, NotFound
 from labkit.cloud.http import context, read_json
 from labkit.cloud.identity.exceptions import TokenNotFound, exception_handlers
-from labkit.cloud.identity.models import IdentityBase
 
 if TYPE_CHECKING:
     from labkit.cloud.app import Cloud
@@ -49,7 +48,8 @@ def build_inspection_app(cloud: Cloud) -> Starlette:
             "bcrypt_rounds": s.bcrypt_rounds, "token_ttl": s.token_ttl,
             "boot": cloud.ids.boot, "started_at": cloud.started_at,
             "services": sorted(cloud.services),
-            "tables": {"identity": sorted(IdentityBase.metadata.tables)},
+            "tables": {name: sorted(base.metadata.tables)
+                       for name, (_, base) in cloud.databases().items()},
         }})
 
     async def trace(request: Request) -> Response:
