@@ -371,3 +371,205 @@ def token_flow(events: Iterable[Any], hide: Sequence[str] = ("labkit-inspector",
         graph.node("title", f"<<b>{_esc(title)}</b>>", shape="plaintext",
                    pos=f"{width / 2 - 40:.1f},{top + 34:.1f}!")
     return graph
+
+
+# -- the scheduler funnel --------------------------------------------------------------------
+
+PASSED = "#1a7f37"
+CHOSEN_FILL = "#e6f4ea"
+PLACEMENT_FILL = "#f3e8ff"
+PLACEMENT_LINE = "#7e57c2"
+FUNNEL_WIDTH = 600  # points: one column of boxes, readable at a notebook's width
+
+
+def _wrap(text: str, width: int = 88) -> str:
+    """Escaped text, wrapped into left-aligned lines for an HTML-like label."""
+    import textwrap
+
+    lines = textwrap.wrap(str(text), width) or [""]
+    return '<br align="left"/>'.join(_esc(line) for line in lines) + '<br align="left"/>'
+
+
+def _funnel_box(title: str, subtitle: str, rows: list[str], fill: str, line: str,
+                note: str = "") -> str:
+    head = f'<tr><td align="left" colspan="3"><b>{_esc(title)}</b>'
+    if note:
+        head += f'  <font point-size="10">{_esc(note)}</font>'
+    if subtitle and len(title) + len(note) + len(subtitle) <= 90:
+        # on the title's line when it fits: one line less per stage
+        head += f'  <font point-size="10" color="{MUTED}">{_esc(subtitle)}</font>'
+        subtitle = ""
+    head += "</td></tr>"
+    if subtitle:
+        head += (f'<tr><td align="left" colspan="3"><font point-size="10" color="{MUTED}">'
+                 f"{_esc(subtitle)}</font></td></tr>")
+    return (f'<<table border="0" cellborder="0" cellspacing="0" cellpadding="2" '
+            f'width="{FUNNEL_WIDTH}" bgcolor="{fill}" color="{line}">' + head + "".join(rows)
+            + "</table>>")
+
+
+def _verdict_row(host: str, passed: bool, reason: str | list[str]) -> str:
+    mark, color = ("✔", PASSED) if passed else ("✘", REFUSED)
+    weight = ("", "") if passed else ("<b>", "</b>")
+    reasons = [reason] if isinstance(reason, str) else reason
+    return (f'<tr><td align="left" valign="top" width="14"><font color="{color}">{mark}</font>'
+            f'</td><td align="left" valign="top" width="80"><font color="{color}">{weight[0]}'
+            f"{_esc(host)}{weight[1]}</font></td>"
+            f'<td align="left" valign="top" width="{FUNNEL_WIDTH - 100}"><font point-size="10">'
+            f"{''.join(_wrap(r) for r in reasons)}</font></td></tr>")
+
+
+def _count(n: int) -> str:
+    return f"{n} host" + ("" if n == 1 else "s")
+
+
+def _request_text(spec: Mapping[str, Any]) -> list[str]:
+    asks = " · ".join(f"{k} {v}" for k, v in (spec.get("resources") or {}).items())
+    lines = [f"asks placement for {asks}" if asks else "asks for nothing"]
+    extras = []
+    if spec.get("availability_zone"):
+        extras.append(f"zone {spec['availability_zone']}")
+    group = spec.get("group")
+    if group:
+        where = ", ".join(group.get("hosts") or []) or "no servers yet"
+        extras.append(f"{group.get('policy')} group ({where})")
+    if spec.get("image_properties"):
+        extras.append("image: " + ", ".join(f"{k}={v}" for k, v in
+                                            spec["image_properties"].items()))
+    if spec.get("extra_specs"):
+        extras.append("extra specs: " + ", ".join(f"{k}={v}" for k, v in
+                                                  spec["extra_specs"].items()))
+    if extras:
+        lines.append("; ".join(extras))
+    return lines
+
+
+def _weights_table(decision: Any) -> str:
+    """The weighed hosts, heaviest first: raw value, normalised, × multiplier, per weigher."""
+    by_host = {w.host: w for w in decision.weights}
+    names = [t.weigher for t in decision.weights[0].terms] if decision.weights else []
+    config = decision.config or {}
+    head = "".join(f'<td align="right"><font point-size="10"><b>{_esc(n)}</b><br/>'
+                   f'<font color="{MUTED}">× {_mult(config, n)}</font></font></td>'
+                   for n in names)
+    rows = [f'<tr><td align="left"><font point-size="10"><b>rank</b></font></td>'
+            f'<td align="left"><font point-size="10"><b>host</b></font></td>{head}'
+            f'<td align="right"><font point-size="10"><b>weight</b></font></td></tr>']
+    chosen = decision.chosen
+    for i, entry in enumerate(decision.ranking, 1):
+        row = by_host[entry.host]
+        cells = "".join(
+            f'<td align="right"><font point-size="10">{_raw(t.raw, t.weigher)} → '
+            f"{t.normalized:.2f}</font></td>" for t in row.terms)
+        color = PASSED if entry.host == chosen else "black"
+        rows.append(f'<tr><td align="left"><font color="{color}">{i}</font></td>'
+                    f'<td align="left"><font color="{color}"><b>{_esc(entry.host)}</b></font></td>'
+                    f'{cells}<td align="right"><font color="{color}"><b>{entry.weight:.3f}</b>'
+                    "</font></td></tr>")
+    note = ("weight = Σ multiplier × normalised value (raw → normalised: raw ÷ the largest, "
+            "as nova's weighers count from 0)")
+    if len(decision.ranking) == 1:
+        note = "one host left: nova does not weigh it"
+    rows.append(f'<tr><td align="left" colspan="{len(names) + 3}"><font point-size="9" '
+                f'color="{MUTED}">{_esc(note)}</font></td></tr>')
+    return ('<<table border="0" cellborder="0" cellspacing="0" cellpadding="3" '
+            f'width="{FUNNEL_WIDTH}" bgcolor="{SERVICE_FILL}">'
+            f'<tr><td align="left" colspan="{len(names) + 3}"><b>weighers</b>  '
+            f'<font point-size="10" color="{MUTED}">the hosts left, heaviest first</font>'
+            "</td></tr>" + "".join(rows) + "</table>>")
+
+
+_MULTIPLIERS = {"RAMWeigher": "ram_weight_multiplier", "CPUWeigher": "cpu_weight_multiplier",
+                "DiskWeigher": "disk_weight_multiplier"}
+
+
+def _mult(config: Mapping[str, Any], weigher: str) -> str:
+    value = config.get(_MULTIPLIERS.get(weigher, ""), 1.0)
+    return f"{float(value):g}"
+
+
+def _raw(value: float, weigher: str) -> str:
+    if weigher in ("RAMWeigher", "DiskWeigher"):
+        return f"{value / 1024:g} GB" if abs(value) >= 1024 else f"{value:g} MB"
+    return f"{value:g}"
+
+
+def scheduler_funnel(decision: Any) -> graphviz.Digraph:
+    """How the scheduler chose: hosts → placement → each filter → weighers → the host.
+
+    `decision` is a `labkit.cloud.compute.scheduler.Decision` or its `to_dict()`
+    (what the inspection API returns). Each stage lists every host it asked and
+    its answer; a host once removed is not asked again, as in nova.
+    """
+    from labkit.cloud.compute.scheduler import Decision
+
+    if not isinstance(decision, Decision):
+        decision = Decision.from_dict(decision)
+    spec = decision.spec
+    graph = graphviz.Digraph("scheduler_funnel", graph_attr={
+        "rankdir": "TB", "fontname": FONT, "nodesep": "0.2", "ranksep": "0.32",
+        "bgcolor": "transparent", "size": "9.5,40"})
+    graph.attr("node", fontname=FONT, fontsize="11", shape="box", style="rounded,filled",
+               margin="0.1,0.06", fillcolor="white")
+    graph.attr("edge", fontname=FONT, fontsize="10", color=MUTED, fontcolor=MUTED,
+               arrowsize="0.7")
+
+    known = decision.hosts
+    rows = [f'<tr><td align="left" colspan="3"><font point-size="10">{_esc(line)}</font>'
+            "</td></tr>" for line in _request_text(spec)]
+    rows.append(f'<tr><td align="left" colspan="3"><font point-size="10">the scheduler knows '
+                f"{_count(len(known))}: {_esc(', '.join(known) or 'none')}</font></td></tr>")
+    graph.node("request", _funnel_box(f"a server of flavor {spec.get('flavor', '?')}", "", rows,
+                                      CLIENT_FILL, MUTED), fillcolor=CLIENT_FILL, color=MUTED)
+
+    # placement
+    rows = [_verdict_row(c.host, c.fits, "room for all of it" if c.fits else c.reasons)
+            for c in decision.candidates]
+    fitting = sum(1 for c in decision.candidates if c.fits)
+    graph.node("placement", _funnel_box(
+        "placement", "GET /allocation_candidates: which providers have room for the request?",
+        rows, PLACEMENT_FILL, PLACEMENT_LINE, note=f"{len(known)} → {fitting}"),
+        fillcolor=PLACEMENT_FILL, color=PLACEMENT_LINE)
+    graph.edge("request", "placement", label=f" {_count(len(known))} ")
+    previous, left = "placement", fitting
+
+    # the filters that ran, then one box for those that had no host left to ask
+    for i, stage in enumerate(s for s in decision.filters if s.ran):
+        node = f"filter{i}"
+        title = stage.name  # a historical filter's description says it is one
+        rows = [_verdict_row(v.host, v.passed, v.reason) for v in stage.verdicts]
+        note = f"{len(stage.verdicts)} → {len(stage.survivors)}"
+        graph.node(node, _funnel_box(title, stage.description, rows, SERVICE_FILL,
+                                     SERVICE_LINE, note),
+                   fillcolor=SERVICE_FILL, color=SERVICE_LINE)
+        graph.edge(previous, node, label=f" {_count(left)} ")
+        previous, left = node, len(stage.survivors)
+    idle = [s.name for s in decision.filters if not s.ran]
+    if idle:
+        rows = [f'<tr><td align="left" colspan="3"><font point-size="10" color="{MUTED}">'
+                f'{_wrap(", ".join(idle), 100)}</font></td></tr>']
+        graph.node("idle", _funnel_box("filters not run", "no host left to ask", rows,
+                                       "#f5f5f5", "#bbbbbb"),
+                   fillcolor="#f5f5f5", color="#bbbbbb")
+        graph.edge(previous, "idle", label=" 0 hosts ", color=REFUSED, fontcolor=REFUSED)
+        previous = "idle"
+
+    # weighing and the outcome
+    if decision.ranking:
+        graph.node("weighers", _weights_table(decision), fillcolor=SERVICE_FILL,
+                   color=SERVICE_LINE)
+        graph.edge(previous, "weighers", label=f" {_count(left)} ")
+        alternates = ", ".join(decision.alternates) or "none"
+        label = (f'<<font point-size="13"><b>chosen: {_esc(decision.chosen)}</b></font><br/>'
+                 f'<font point-size="10">alternates, should the build fail there: '
+                 f"{_esc(alternates)}</font>>")
+        graph.node("outcome", label, fillcolor=CHOSEN_FILL, color=PASSED, penwidth="2.5")
+        graph.edge("weighers", "outcome", color=PASSED, penwidth="1.5")
+    else:
+        reason = (decision.no_valid_host_reason or "").strip()
+        label = (f'<<font point-size="13" color="{REFUSED}"><b>{_esc(reason)}</b></font><br/>'
+                 f'<font point-size="10">the server goes to ERROR with this fault</font>>')
+        graph.node("outcome", label, fillcolor="#fde8e8", color=REFUSED, penwidth="2.5")
+        graph.edge(previous, "outcome", color=REFUSED,
+                   **({} if idle else {"label": " 0 hosts ", "fontcolor": REFUSED}))
+    return graph

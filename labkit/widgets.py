@@ -393,3 +393,223 @@ def sign_in_widget(conn_or_auth_url: Connection | str, users: Mapping[str, str] 
     rows += [w.HBox([sign, list_button], layout=w.Layout(margin="0 0 0 74px")), result,
              listing]
     return SignInWidget(rows)
+
+
+# -- the scheduler playground ------------------------------------------------------------------
+
+
+def _fmt_weight(value: float) -> str:
+    return f"{value:.3f}"
+
+
+class SchedulerTable:
+    """One scheduling decision as a table: per host, placement's answer, the filters', the weight.
+
+    The static twin of `scheduler_playground`: what a notebook's stored output keeps.
+    """
+
+    columns = ("host", "placement", "filters", "weight", "outcome")
+
+    def __init__(self, decision: Any) -> None:
+        from labkit.cloud.compute.scheduler import Decision
+
+        self.decision = decision if isinstance(decision, Decision) else \
+            Decision.from_dict(decision)
+
+    def rows(self) -> list[tuple[list[str], bool]]:
+        """(cells, still in) per host, in ranking order, then the removed hosts."""
+        d = self.decision
+        removed = d.removed_by()
+        weights = {r.host: r.weight for r in d.ranking}
+        placement = {c.host: c for c in d.candidates}
+        order = [r.host for r in d.ranking] + [h for h in d.hosts if h not in weights]
+        out = []
+        for host in order:
+            c = placement.get(host)
+            fit = "fits" if c and c.fits else "; ".join(c.reasons if c else ["not asked"])
+            if host in weights:
+                filters = "passed all " + str(sum(1 for s in d.filters if s.ran))
+                outcome = ("chosen" if host == d.chosen else
+                           f"alternate {d.alternates.index(host) + 1}" if host in d.alternates
+                           else "weighed, not kept")
+                out.append(([host, fit, filters, _fmt_weight(weights[host]), outcome], True))
+            else:
+                why = removed.get(host, "")
+                filters = "" if why.startswith("placement: ") else why
+                out.append(([host, fit, filters, "", "out"], False))
+        return out
+
+    def _caption(self) -> str:
+        d = self.decision
+        asks = ", ".join(f"{k} {v}" for k, v in d.spec.get("resources", {}).items())
+        return f"{d.spec.get('flavor', '?')} ({asks}): {d.explain()}"
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in self.columns)
+        body = []
+        for cells, kept in self.rows():
+            chosen = cells[4] == "chosen"
+            color = f" background:{OK_COLOR};" if chosen else (
+                "" if kept else f" background:{ERROR_COLOR};")
+            tds = "".join(f"<td style='text-align:left;{color}'>{html.escape(c)}</td>"
+                          for c in cells)
+            body.append(f"<tr>{tds}</tr>")
+        return (f"<p><b>{html.escape(self._caption())}</b></p><table><thead><tr>{head}</tr>"
+                f"</thead><tbody>{''.join(body)}</tbody></table>")
+
+    def __repr__(self) -> str:
+        rows = [list(self.columns)] + [cells for cells, _ in self.rows()]
+        widths = [min(max(len(r[i]) for r in rows), 70) for i in range(len(self.columns))]
+        lines = ["  ".join(c[:70].ljust(wd) for c, wd in zip(r, widths, strict=True)).rstrip()
+                 for r in rows]
+        lines.insert(1, "  ".join("-" * wd for wd in widths))
+        return "\n".join([self._caption(), *lines])
+
+
+def scheduler_table(decision: Any) -> SchedulerTable:
+    """A scheduling decision (a Decision or its to_dict()) as a table for the stored output."""
+    return SchedulerTable(decision)
+
+
+class SchedulerPlayground(w.VBox):
+    """The scheduler playground. `decision` is the latest prediction; `controls` its inputs."""
+
+    decision: Any = None
+    controls: dict[str, Any]
+
+    def __repr__(self) -> str:
+        return ("Scheduler playground (live while the kernel runs; the table and the funnel "
+                "show one decision)")
+
+
+def _svg(graph: Any) -> str:
+    svg = graph.pipe(format="svg").decode()
+    svg = svg[svg.find("<svg"):]
+    return f"<div style='max-width:100%;overflow-x:auto'>{svg}</div>"
+
+
+def scheduler_playground(hosts: Sequence[Any] | None = None,
+                         flavors: Sequence[Mapping[str, Any]] | None = None,
+                         config: Any = None) -> SchedulerPlayground:
+    """Change the hosts, the flavor, the filters and the weighers; see where nova would schedule.
+
+    Every change runs `labkit.scheduling.predict`, the code the embedded cloud's
+    scheduler runs, and redraws the ranking table and the funnel diagram.
+    Defaults: the lab's hosts (data/hosts.yaml) and flavors (data/flavors.yaml).
+    """
+    from labkit import diagrams, scheduling
+    from labkit.cloud.compute.scheduler import FILTERS, SchedulerConfig
+
+    base_hosts = list(hosts) if hosts is not None else scheduling.lab_hosts()
+    flavor_list = [dict(f) for f in (flavors if flavors is not None
+                                     else scheduling.lab_flavors())]
+    config = config or SchedulerConfig()
+    style = {"description_width": "150px"}
+    wide = w.Layout(width="420px")
+
+    flavor = w.Dropdown(options=[(f["name"], i) for i, f in enumerate(flavor_list)],
+                        value=0, description="flavor", style=style, layout=wide)
+    group_options: list[tuple[str, Any]] = [("none", None)]
+    for policy in ("anti-affinity", "affinity"):
+        for h in base_hosts:
+            group_options.append((f"{policy}, a member on {h.host}",
+                                  {"policy": policy, "hosts": [h.host]}))
+    group = w.Dropdown(options=group_options, value=None, description="server group",
+                       style=style, layout=wide)
+
+    # filters: the configured ones ticked, in their order, then the rest (historical last)
+    names = list(config.enabled_filters) + [n for n in FILTERS if n not in
+                                            config.enabled_filters]
+    filter_boxes = {n: w.Checkbox(value=n in config.enabled_filters, indent=False,
+                                  description=n + ("  (2013)" if FILTERS[n].historical else ""))
+                    for n in names}
+    multipliers = {
+        key: w.FloatSlider(value=getattr(config, key), min=-2.0, max=2.0, step=0.1,
+                           description=key.replace("_weight_multiplier", " weight ×"),
+                           style=style, layout=wide, continuous_update=False)
+        for key in ("ram_weight_multiplier", "cpu_weight_multiplier", "disk_weight_multiplier")}
+
+    host_controls: dict[str, dict[str, w.ValueWidget]] = {}
+    tabs = []
+    for h in base_hosts:
+        usable_ram = max(h.memory_mb - h.reserved_host_memory_mb, 0)
+        c: dict[str, w.ValueWidget] = {
+            "service_enabled": w.Checkbox(value=h.service_enabled, indent=False,
+                                          description="nova-compute enabled"),
+            "memory_mb_used": w.IntSlider(value=h.memory_mb_used, min=0,
+                                          max=int(usable_ram * 2), step=256,
+                                          description="RAM used (MB)", style=style,
+                                          layout=wide, continuous_update=False),
+            "vcpus_used": w.IntSlider(value=h.vcpus_used, min=0, max=max(h.vcpus * 8, 1),
+                                      description="vCPUs used", style=style, layout=wide,
+                                      continuous_update=False),
+            "disk_gb_used": w.IntSlider(value=h.disk_gb_used, min=0, max=max(h.disk_gb * 2, 1),
+                                        description="disk used (GB)", style=style,
+                                        layout=wide, continuous_update=False),
+            "cpu_allocation_ratio": w.FloatSlider(value=h.cpu_allocation_ratio, min=0.5,
+                                                  max=16.0, step=0.5,
+                                                  description="cpu_allocation_ratio",
+                                                  style=style, layout=wide,
+                                                  continuous_update=False),
+            "ram_allocation_ratio": w.FloatSlider(value=h.ram_allocation_ratio, min=0.5,
+                                                  max=3.0, step=0.1,
+                                                  description="ram_allocation_ratio",
+                                                  style=style, layout=wide,
+                                                  continuous_update=False),
+            "disk_allocation_ratio": w.FloatSlider(value=h.disk_allocation_ratio, min=0.5,
+                                                   max=3.0, step=0.1,
+                                                   description="disk_allocation_ratio",
+                                                   style=style, layout=wide,
+                                                   continuous_update=False),
+        }
+        host_controls[h.host] = c
+        facts = w.HTML(f"<small>{h.vcpus} vCPUs, {h.memory_mb} MB RAM "
+                       f"({h.reserved_host_memory_mb} reserved), {h.disk_gb} GB disk; zone "
+                       f"{html.escape(h.availability_zone)}</small>")
+        tabs.append(w.VBox([facts, *c.values()]))
+    host_tabs = w.Tab(children=tabs, titles=[h.host for h in base_hosts])
+
+    summary = w.HTML()
+    table = w.HTML()
+    funnel = w.HTML()
+
+    def current_hosts() -> list[Any]:
+        return [h.copy(**{k: v.value for k, v in host_controls[h.host].items()})
+                for h in base_hosts]
+
+    def current_config() -> Any:
+        return SchedulerConfig(
+            enabled_filters=[n for n, box in filter_boxes.items() if box.value],
+            max_attempts=config.max_attempts, host_subset_size=config.host_subset_size,
+            **{k: s.value for k, s in multipliers.items()})
+
+    widget = SchedulerPlayground()
+
+    def redraw(_: Any = None) -> None:
+        decision = scheduling.predict(current_hosts(), flavor_list[flavor.value],
+                                      current_config(), group=group.value)
+        widget.decision = decision
+        ok = decision.chosen is not None
+        summary.value = _box("nova would choose " + decision.chosen if ok
+                             else (decision.no_valid_host_reason or "").strip(),
+                             html.escape(decision.explain()), ok)
+        table.value = SchedulerTable(decision)._repr_html_()
+        funnel.value = _svg(diagrams.scheduler_funnel(decision))
+
+    inputs: list[w.ValueWidget] = [flavor, group, *filter_boxes.values(),
+                                   *multipliers.values()]
+    inputs += [c for controls in host_controls.values() for c in controls.values()]
+    for control in inputs:
+        control.observe(redraw, names="value")
+    widget.controls = {"flavor": flavor, "group": group, "filters": filter_boxes,
+                       "multipliers": multipliers, "hosts": host_controls}
+
+    request = w.VBox([w.HTML("<b>The request</b>"), flavor, group,
+                      w.HTML("<b>Weighers</b> (negative: stack instead of spread)"),
+                      *multipliers.values()])
+    filters_box = w.VBox([w.HTML("<b>Filters</b> (in this order)"), *filter_boxes.values()],
+                         layout=w.Layout(margin="0 0 0 20px"))
+    widget.children = [w.HBox([request, filters_box]), w.HTML("<b>The hosts</b>"), host_tabs,
+                       summary, table, funnel]
+    redraw()
+    return widget

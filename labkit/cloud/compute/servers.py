@@ -1,0 +1,314 @@
+"""What nova-api does with a server request once the body is valid (nova.compute.api).
+
+Create checks the flavor, image, key pair, zone, group and quotas, writes the
+instances (vm_state building, task_state scheduling) and casts to the conductor.
+Actions check the instance's state, set the task state and cast to its host.
+Nothing here sees HTTP; errors are labkit.cloud.errors with nova's messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from labkit.cloud.bus import MessageContext
+from labkit.cloud.compute.hosts import DEFAULT_ZONE
+from labkit.cloud.compute.instances import NOSTATE, Instance
+from labkit.cloud.compute.states import set_state
+from labkit.cloud.errors import BadRequest, Conflict, NotFound
+
+if TYPE_CHECKING:
+    from labkit.cloud.compute.service import ComputeService
+
+# Image fields that are not properties (what the scheduler's ImagePropertiesFilter reads)
+IMAGE_CORE = {"id", "name", "status", "visibility", "owner", "size", "virtual_size",
+              "checksum", "os_hash_algo", "os_hash_value", "disk_format", "container_format",
+              "min_ram", "min_disk", "protected", "tags", "created_at", "updated_at", "file",
+              "self", "schema", "direct_url", "locations", "os_hidden", "stores"}
+MAX_USER_DATA = 65535  # bytes once decoded, nova's limit
+HOSTNAME_CHARS = re.compile(r"[^a-z0-9-]+")
+
+
+@dataclass
+class CreateRequest:
+    """A server create, after the schema check."""
+
+    name: str
+    flavor_ref: str
+    image_ref: str
+    key_name: str | None = None
+    availability_zone: str | None = None
+    networks: Any = None  # "auto", "none", a list, or None before 2.37
+    security_groups: list[str] = field(default_factory=lambda: ["default"])
+    block_device_mapping: list[dict[str, Any]] = field(default_factory=list)
+    min_count: int = 1
+    max_count: int = 1
+    scheduler_hints: dict[str, Any] = field(default_factory=dict)
+    user_data: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    description: str | None = None
+    tags: list[str] = field(default_factory=list)
+    access_ip_v4: str = ""
+    access_ip_v6: str = ""
+    config_drive: bool = False
+
+
+def hostname_for(name: str) -> str:
+    """Nova's sanitised hostname: lower case, letters, digits and dashes."""
+    cleaned = HOSTNAME_CHARS.sub("-", name.lower().replace("_", "-")).strip("-.")
+    return cleaned[:63] or "server"
+
+
+class ServersAPI:
+    def __init__(self, nova: ComputeService) -> None:
+        self.nova = nova
+
+    # -- create
+
+    def _flavor(self, ctx: MessageContext, flavor_ref: str) -> dict[str, Any]:
+        # clients may send a flavor's URL; nova takes its last segment
+        flavor_id = str(flavor_ref).rstrip("/").rsplit("/", 1)[-1]
+        try:
+            flavor = self.nova.flavors.find_for_project(flavor_id, ctx.project_id, ctx.is_admin)
+        except NotFound as exc:
+            raise BadRequest("Invalid flavorRef provided.") from exc
+        if flavor.get("disabled"):
+            raise BadRequest("Flavor is disabled.")
+        return flavor
+
+    def _image(self, ctx: MessageContext, request: CreateRequest) -> dict[str, Any]:
+        image_id = request.image_ref.rstrip("/").rsplit("/", 1)[-1] if request.image_ref else ""
+        for bdm in request.block_device_mapping:
+            source = bdm.get("source_type")
+            if source in ("volume", "snapshot", "blank") or bdm.get(
+                    "destination_type") == "volume":
+                raise BadRequest("Block Device Mapping is Invalid: this lab has no block "
+                                 "storage service yet, so a server boots from an image onto "
+                                 "a local disk only.")
+            if source == "image" and str(bdm.get("boot_index")) == "0" and not image_id:
+                image_id = bdm.get("uuid") or ""
+        if not image_id:
+            raise BadRequest("Missing imageRef attribute")
+        try:
+            image = self.nova.images.get_image(image_id, ctx.project_id, ctx.is_admin)
+        except NotFound as exc:
+            raise BadRequest("Can not find requested image") from exc
+        if image.get("status") != "active":
+            raise BadRequest(f"Image {image_id} is not active.")
+        return image
+
+    def _check_fits(self, flavor: dict[str, Any], image: dict[str, Any]) -> None:
+        if (image.get("min_ram") or 0) > flavor["memory_mb"]:
+            raise BadRequest("Flavor's memory is too small for requested image.")
+        min_disk = image.get("min_disk") or 0
+        if flavor["root_gb"] and min_disk > flavor["root_gb"]:
+            raise BadRequest("Flavor's disk is too small for requested image.")
+        size = image.get("size") or 0
+        if flavor["root_gb"] and size > flavor["root_gb"] * 1024 ** 3:
+            raise BadRequest(f"Flavor's disk is too small for requested image. Flavor disk is "
+                             f"{flavor['root_gb'] * 1024 ** 3} bytes, image is {size} bytes.")
+
+    def _zone(self, ctx: MessageContext, asked: str | None) -> tuple[str | None, str | None]:
+        """(zone, forced host). "zone:host" pins a host, which only admins may do."""
+        if not asked:
+            return None, None
+        zone, _, host = asked.partition(":")
+        if host and not ctx.is_admin:
+            raise BadRequest("Policy doesn't allow os_compute_api:servers:create:forced_host "
+                             "to be performed.")
+        zones = {n.availability_zone for n in self.nova.hosts.nodes()}
+        if zone and zone not in zones:
+            raise BadRequest("The requested availability zone is not available")
+        if host and host not in self.nova.computes:
+            raise BadRequest(f"Compute host {host} could not be found.")
+        return zone or None, host or None
+
+    def _group(self, ctx: MessageContext, hints: dict[str, Any]) -> dict[str, Any] | None:
+        group_id = hints.get("group")
+        if not group_id:
+            return None
+        try:
+            return self.nova.server_groups.get(str(group_id), ctx.project_id, ctx.is_admin)
+        except NotFound as exc:
+            raise BadRequest(f"Invalid hint group: instance group {group_id} could not be "
+                             "found.") from exc
+
+    def _networks(self, networks: Any) -> Any:
+        if isinstance(networks, list):
+            for entry in networks:
+                wanted = entry.get("uuid") or entry.get("port")
+                if wanted:
+                    # no networking service yet: no network or port can exist
+                    kind = "Network" if entry.get("uuid") else "Port"
+                    raise BadRequest(f"{kind} {wanted} could not be found.")
+        return networks
+
+    def _user_data(self, user_data: str | None) -> str | None:
+        if user_data is None:
+            return None
+        try:
+            decoded = base64.b64decode(user_data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise BadRequest("User data needs to be valid base 64.") from exc
+        if len(decoded) > MAX_USER_DATA:
+            raise BadRequest(f"User data too large. User data must be no larger than "
+                             f"{MAX_USER_DATA} bytes once base64 encoded. Your data is "
+                             f"{len(user_data)} bytes")
+        return user_data
+
+    def create(self, ctx: MessageContext, request: CreateRequest) -> tuple[str, list[str]]:
+        """Write the instances and cast to the conductor: (reservation id, instance uuids)."""
+        nova = self.nova
+        flavor = self._flavor(ctx, request.flavor_ref)
+        image = self._image(ctx, request)
+        self._check_fits(flavor, image)
+        key_data = None
+        if request.key_name:
+            try:
+                key_data = nova.keypairs.get(ctx.user_id, request.key_name)["public_key"]
+            except NotFound as exc:
+                raise BadRequest("Invalid key_name provided.") from exc
+        zone, forced_host = self._zone(ctx, request.availability_zone)
+        group = self._group(ctx, request.scheduler_hints)
+        networks = self._networks(request.networks)
+        user_data = self._user_data(request.user_data)
+        if request.min_count > request.max_count:
+            raise BadRequest("min_count must be <= max_count")
+        count = nova.quotas.how_many_fit(ctx.project_id or "", flavor, request.min_count,
+                                         request.max_count)
+        kept = {k: flavor[k] for k in ("flavorid", "name", "vcpus", "memory_mb", "root_gb",
+                                       "ephemeral_gb", "swap", "extra_specs", "rxtx_factor")}
+        reservation_id = "r-" + nova.ids.hex_id("reservation")[:8]
+        now = time.time()
+        uuids = [nova.ids.uuid("instance") for _ in range(count)]
+        with nova.database.session() as s:
+            for index, uuid in enumerate(uuids):
+                name = request.name if count == 1 else f"{request.name}-{index + 1}"
+                s.add(Instance(
+                    uuid=uuid, display_name=name, description=request.description,
+                    project_id=ctx.project_id, user_id=ctx.user_id, image_ref=image["id"],
+                    flavor=kept, key_name=request.key_name, key_data=key_data,
+                    vm_state="building", task_state="scheduling", power_state=NOSTATE,
+                    requested_availability_zone=zone, reservation_id=reservation_id,
+                    launch_index=index, hostname=hostname_for(name), user_data=user_data,
+                    config_drive="True" if request.config_drive else "",
+                    metadata_=dict(request.metadata), tags=list(request.tags),
+                    security_groups=list(request.security_groups),
+                    requested_networks=networks,
+                    block_device_mapping=list(request.block_device_mapping),
+                    scheduler_hints=dict(request.scheduler_hints),
+                    group_id=group["id"] if group else None,
+                    access_ip_v4=request.access_ip_v4, access_ip_v6=request.access_ip_v6,
+                    created_at=now, updated_at=now))
+                nova.instances.start_action(s, uuid, "create", ctx.request_id or "",
+                                            ctx.user_id or "", ctx.project_id or "")
+        for uuid in uuids:
+            if group:
+                nova.server_groups.add_member(group["id"], uuid)
+            set_state(nova.trace, nova.instances, ctx, uuid)
+        request_spec = {
+            "flavor": kept,
+            "image": {"id": image["id"], "name": image.get("name"),
+                      "properties": {k: v for k, v in image.items() if k not in IMAGE_CORE}},
+            "availability_zone": zone, "project_id": ctx.project_id,
+            "scheduler_hints": dict(request.scheduler_hints), "num_instances": count,
+            "requested_networks": networks,
+            "group": ({"uuid": group["id"], "name": group.get("name", ""),
+                       "policy": group["policy"], "rules": group.get("rules") or {},
+                       "members": [*group.get("members", []), *uuids]} if group else None),
+            "ignore_hosts": [],
+        }
+        if forced_host:
+            # a forced host skips the filters in nova; here: every other host is ignored
+            request_spec["ignore_hosts"] = [h for h in nova.computes if h != forced_host]
+        nova.bus.cast(ctx, "conductor", "schedule_and_build_instances",
+                      request_spec=request_spec, instance_uuids=uuids)
+        return reservation_id, uuids
+
+    # -- life-cycle actions
+
+    def _instance(self, ctx: MessageContext, uuid: str) -> Instance:
+        with self.nova.database.session() as s:
+            return self.nova.instances.get(s, uuid, None if ctx.is_admin else ctx.project_id)
+
+    @staticmethod
+    def _refuse(action: str, instance: Instance, attr: str) -> Conflict:
+        return Conflict(f"Cannot '{action}' instance {instance.uuid} while it is in "
+                        f"{attr} {getattr(instance, attr)}")
+
+    def _check(self, ctx: MessageContext, action: str, instance: Instance,
+               vm_states: tuple[str, ...], task_states: tuple[str | None, ...] = (None,)
+               ) -> None:
+        if instance.locked and not ctx.is_admin:
+            raise Conflict(f"Instance {instance.uuid} is locked")
+        if instance.vm_state not in vm_states:
+            raise self._refuse(action, instance, "vm_state")
+        if instance.task_state not in task_states:
+            raise self._refuse(action, instance, "task_state")
+
+    def _act(self, ctx: MessageContext, instance: Instance, action: str, task_state: str,
+             method: str, **kwargs: Any) -> None:
+        with self.nova.database.session() as s:
+            self.nova.instances.start_action(s, instance.uuid, action, ctx.request_id or "",
+                                             ctx.user_id or "", ctx.project_id or "")
+        set_state(self.nova.trace, self.nova.instances, ctx, instance.uuid,
+                  task_state=task_state)
+        self.nova.bus.cast(ctx, f"compute.{instance.host}", method,
+                           instance_uuid=instance.uuid, **kwargs)
+
+    def stop(self, ctx: MessageContext, uuid: str) -> None:
+        instance = self._instance(ctx, uuid)
+        self._check(ctx, "stop", instance, ("active", "error"))
+        if instance.host is None:
+            raise self._refuse("stop", instance, "vm_state")
+        self._act(ctx, instance, "stop", "powering-off", "stop_instance")
+
+    def start(self, ctx: MessageContext, uuid: str) -> None:
+        instance = self._instance(ctx, uuid)
+        self._check(ctx, "start", instance, ("stopped",))
+        self._act(ctx, instance, "start", "powering-on", "start_instance")
+
+    def reboot(self, ctx: MessageContext, uuid: str, reboot_type: str) -> None:
+        instance = self._instance(ctx, uuid)
+        if reboot_type == "HARD":
+            self._check(ctx, "reboot", instance, ("active", "stopped", "error"),
+                        (None, "rebooting", "reboot_pending", "reboot_started"))
+        else:
+            self._check(ctx, "reboot", instance, ("active",))
+        if instance.host is None:
+            raise self._refuse("reboot", instance, "vm_state")
+        task = "rebooting_hard" if reboot_type == "HARD" else "rebooting"
+        self._act(ctx, instance, "reboot", task, "reboot_instance", reboot_type=reboot_type)
+
+    def delete(self, ctx: MessageContext, uuid: str) -> None:
+        nova = self.nova
+        instance = self._instance(ctx, uuid)
+        if instance.locked and not ctx.is_admin:
+            raise Conflict(f"Instance {instance.uuid} is locked")
+        if instance.task_state == "deleting":
+            return
+        with nova.database.session() as s:
+            nova.instances.start_action(s, uuid, "delete", ctx.request_id or "",
+                                        ctx.user_id or "", ctx.project_id or "")
+        if instance.host is None or instance.host not in nova.computes:
+            # never reached a host: nova deletes it in the API ("local delete")
+            nova.release_allocation(ctx, uuid, ctx.source)
+            nova.finish_delete(ctx, uuid)
+            return
+        set_state(nova.trace, nova.instances, ctx, uuid, task_state="deleting")
+        nova.bus.cast(ctx, f"compute.{instance.host}", "terminate_instance",
+                      instance_uuid=uuid)
+
+    def update(self, ctx: MessageContext, uuid: str, values: dict[str, Any]) -> None:
+        instance = self._instance(ctx, uuid)
+        if "display_name" in values:
+            values["hostname"] = hostname_for(values["display_name"])
+        self.nova.instances.update(instance.uuid, **values)
+
+
+def zones_in_use(nova: ComputeService) -> list[str]:
+    return sorted({n.availability_zone for n in nova.hosts.nodes()} or {DEFAULT_ZONE})

@@ -1,0 +1,179 @@
+"""Nova: the API, and behind it the conductor, the scheduler and one compute service per host.
+
+`ComputeService` owns nova's database and its components. The components talk
+over the cloud's message bus (topics `conductor`, `scheduler`, `compute.<host>`);
+the API only casts to the conductor, as nova-api does.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from starlette.requests import Request
+from starlette.responses import Response
+
+from labkit.cloud.bus import MessageContext
+from labkit.cloud.compute import api
+from labkit.cloud.compute.api import versions
+from labkit.cloud.compute.base import ComputeBase
+from labkit.cloud.compute.conductor import ConductorManager
+from labkit.cloud.compute.flavors import Flavors
+from labkit.cloud.compute.hosts import Hosts
+from labkit.cloud.compute.instances import NOSTATE, Instance, Instances
+from labkit.cloud.compute.keypairs import Keypairs
+from labkit.cloud.compute.manager import ComputeManager
+from labkit.cloud.compute.network import NetworkAPI, NoNetwork
+from labkit.cloud.compute.quotas import Quotas
+from labkit.cloud.compute.scheduler.request import RequestSpec
+from labkit.cloud.compute.scheduler_manager import SPEC_FIELDS, SchedulerManager
+from labkit.cloud.compute.server_groups import ServerGroups
+from labkit.cloud.compute.states import set_state
+from labkit.cloud.db import Database
+from labkit.cloud.errors import Conflict
+from labkit.cloud.trace import TraceEvent
+from labkit.cloud.virt.model import ModelDriver
+from labkit.scheduling import inventories_of
+
+if TYPE_CHECKING:
+    from labkit.cloud.app import Cloud
+    from labkit.cloud.placement.models import Placement
+
+# seconds each step of a build or an action takes: none in tests, enough to watch in class
+STEP_SECONDS = {"fast": 0.0, "teach": 1.5}
+
+
+class ComputeService:
+    name = "nova-api"
+    path = "/compute"
+    base = ComputeBase
+
+    def __init__(self, cloud: Cloud) -> None:
+        settings = cloud.settings
+        self.ids = cloud.ids
+        self.trace = cloud.trace
+        self.bus = cloud.bus
+        self.step_seconds = STEP_SECONDS[settings.pace]
+        self.database = Database(settings.home / "nova.sqlite", ComputeBase)
+        self.placement: Placement = cloud.placement.backend
+        self.images = cloud.image.images
+        self.network: NetworkAPI = NoNetwork()
+        self.instances = Instances(self.database)
+        self.hosts = Hosts(self.database, self.ids, settings.lab)
+        self.flavors = Flavors(self.database, self.ids)
+        self.flavors.bootstrap(settings.lab)
+        self.keypairs = Keypairs(self.database, self.ids)
+        self.server_groups = ServerGroups(self.database, self.ids)
+        self.quotas = Quotas(self.database)
+        self.conductor = ConductorManager(self)
+        self.scheduler = SchedulerManager(self)
+        self.computes = {h["name"]: ComputeManager(self, h["name"],
+                                                   ModelDriver(h["name"], self.step_seconds))
+                         for h in self.hosts.compute_hosts()}
+        self._register()
+        self.app = api.build_compute_app(self)
+
+    def _register(self) -> None:
+        """What each nova service does when it starts: its row, its node, its inventory."""
+        self.hosts.register()
+        for component in (self.conductor, self.scheduler, *self.computes.values()):
+            self.bus.register(component.topic, component.component, component)
+        for state in self.scheduler.host_states():
+            self.placement.ensure_provider(state.uuid, state.node, inventories_of(state))
+        ctx = MessageContext(request_id=None, source="nova-compute")
+        for manager in self.computes.values():
+            manager.init_host(ctx.sent_by(manager.component))
+        self._fail_lost_builds(ctx.sent_by("nova-conductor"))
+
+    def _fail_lost_builds(self, ctx: MessageContext) -> None:
+        """Builds still waiting for a host when the cloud stopped have lost their messages."""
+        for instance in self.instances_on(None):
+            if instance.vm_state == "building":
+                self.release_allocation(ctx, instance.uuid, ctx.source)
+                self.instances.add_fault(instance.uuid, 500, "The cloud restarted while "
+                                         "the instance was being scheduled")
+                set_state(self.trace, self.instances, ctx, instance.uuid, vm_state="error",
+                          task_state=None)
+
+    # -- the Service protocol
+
+    async def root(self, request: Request) -> Response:
+        return await versions.root(request)
+
+    def anonymous(self, method: str, path: str) -> bool:
+        return versions.anonymous(method, path)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        await self.bus.drain(timeout=5)
+
+    def close(self) -> None:
+        self.database.close()
+
+    # -- what the components share
+
+    def is_deleted(self, instance_uuid: str) -> bool:
+        with self.database.session() as s:
+            return self.instances.get(s, instance_uuid, include_deleted=True).deleted
+
+    def bus_has(self, topic: str) -> bool:
+        return topic in self.bus.topics()
+
+    def instances_on(self, host: str | None) -> list[Instance]:
+        with self.database.session() as s:
+            return list(s.scalars(select(Instance).where(Instance.host.is_(None) if host is None
+                                                         else Instance.host == host,
+                                                         Instance.deleted.is_(False))))
+
+    def group_hosts(self, group: dict[str, Any]) -> list[str]:
+        """The hosts the group's members are on now."""
+        members = group.get("members") or []
+        if not members:
+            return []
+        with self.database.session() as s:
+            return sorted(set(s.scalars(select(Instance.host).where(
+                Instance.uuid.in_(members), Instance.deleted.is_(False),
+                Instance.host.is_not(None)))))
+
+    def claim_on(self, ctx: MessageContext, source: str, instance_uuid: str, host: str,
+                 request_spec: dict[str, Any], resources: dict[str, int] | None = None) -> None:
+        """Claim the instance's resources on `host` in placement; Conflict if they no
+        longer fit."""
+        if resources is None:
+            spec = {k: v for k, v in request_spec.items() if k in SPEC_FIELDS}
+            resources = RequestSpec.from_dict(spec).resources()
+        node = self.hosts.node_for(host)
+        with self.database.session() as s:
+            instance = self.instances.get(s, instance_uuid, include_deleted=True)
+            project_id, user_id = instance.project_id, instance.user_id
+        try:
+            self.placement.claim(instance_uuid, {node.uuid: resources}, project_id, user_id)
+        except Conflict as exc:
+            self._placement_event(ctx, source, f"PUT /allocations/{instance_uuid[:8]}… → 409",
+                                  host=host, resources=resources, outcome=exc.message)
+            raise
+        self._placement_event(ctx, source, f"PUT /allocations/{instance_uuid[:8]}… → 204",
+                              host=host, resources=resources, outcome="claimed")
+
+    def release_allocation(self, ctx: MessageContext, instance_uuid: str, source: str) -> None:
+        if not self.placement.allocations_for(instance_uuid):
+            return
+        self.placement.release(instance_uuid)
+        self._placement_event(ctx, source, f"DELETE /allocations/{instance_uuid[:8]}… → 204",
+                              outcome="released")
+
+    def _placement_event(self, ctx: MessageContext, source: str, summary: str,
+                         **detail: Any) -> None:
+        self.trace.record(TraceEvent(kind="http", source=source, target="placement-api",
+                                     summary=summary, request_id=ctx.request_id,
+                                     detail=detail))
+
+    def finish_delete(self, ctx: MessageContext, instance_uuid: str) -> None:
+        """The last step of a delete: the row is marked deleted and leaves its group."""
+        self.server_groups.remove_member(instance_uuid)
+        set_state(self.trace, self.instances, ctx, instance_uuid, vm_state="deleted",
+                  task_state=None, power_state=NOSTATE, deleted=True,
+                  terminated_at=time.time())

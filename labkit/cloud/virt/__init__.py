@@ -1,0 +1,1 @@
+"""Hypervisor drivers: what nova-compute asks a hypervisor to do."""

@@ -1,0 +1,64 @@
+"""The model driver: guests that exist only as records, like nova's fake driver.
+
+It keeps what a hypervisor would report (power state, the guest's spec) and takes
+no time at the fast pace; at the teach pace each operation takes a moment, so the
+steps can be watched. `fail_next_spawns` makes the next spawns fail, which is how
+tests and demos see a build rescheduled to an alternate host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict
+from typing import Any
+
+from labkit.cloud.compute.instances import RUNNING, SHUTDOWN
+from labkit.cloud.virt.driver import GuestSpec, SpawnFailed
+
+
+class ModelDriver:
+    name = "model"
+
+    def __init__(self, host: str, step_seconds: float = 0.0) -> None:
+        self.host = host
+        self.step_seconds = step_seconds
+        self.guests: dict[str, dict[str, Any]] = {}
+        self.fail_next_spawns = 0
+
+    async def _step(self) -> None:
+        if self.step_seconds:
+            await asyncio.sleep(self.step_seconds)
+
+    async def spawn(self, guest: GuestSpec) -> None:
+        await self._step()
+        if self.fail_next_spawns:
+            self.fail_next_spawns -= 1
+            raise SpawnFailed(f"the model hypervisor on {self.host} was told to fail "
+                              f"this spawn of {guest.name}")
+        self.guests[guest.uuid] = {"spec": asdict(guest), "power_state": RUNNING}
+
+    async def destroy(self, uuid: str) -> None:
+        await self._step()
+        self.guests.pop(uuid, None)
+
+    async def power_off(self, uuid: str) -> None:
+        await self._step()
+        self.guests.setdefault(uuid, {"spec": {}})["power_state"] = SHUTDOWN
+
+    async def power_on(self, uuid: str) -> None:
+        await self._step()
+        self.guests.setdefault(uuid, {"spec": {}})["power_state"] = RUNNING
+
+    async def reboot(self, uuid: str, hard: bool) -> None:
+        await self._step()
+        self.guests.setdefault(uuid, {"spec": {}})["power_state"] = RUNNING
+
+    def power_state(self, uuid: str) -> int:
+        return self.guests.get(uuid, {}).get("power_state", SHUTDOWN)
+
+    def adopt(self, uuid: str, power_state: int) -> None:
+        """After a restart of the cloud: the records say the guest exists, so it does."""
+        self.guests.setdefault(uuid, {"spec": {}, "power_state": power_state})
+
+    def describe(self, uuid: str) -> dict[str, Any]:
+        return {"driver": self.name, "host": self.host, **self.guests.get(uuid, {})}
