@@ -200,8 +200,13 @@ def _steps_for_request(api: Any, inner: list[Any], seq: _Sequence) -> None:
         lines.append("X-Auth-Token: <token>")
     seq.clients.add(client)
     seq.add(_Step(client, service, lines, bold_first=True))
+    # what happened before the answer went back, then the answer, then the rest (casts
+    # keep the cloud working after the client has its 202)
+    answered = _get(api, "time", 0.0) + float(detail.get("duration_ms") or 0.0) / 1000
+    later = [e for e in inner if _get(e, "time", 0.0) > answered]
     for event in inner:
-        _steps_for_event(event, seq)
+        if event not in later:
+            _steps_for_event(event, seq)
     status = detail.get("status")
     reply = [_status_text(status)]
     ok = isinstance(status, int) and status < 400
@@ -210,6 +215,8 @@ def _steps_for_request(api: Any, inner: list[Any], seq: _Sequence) -> None:
     if detail.get("duration_ms") is not None:
         reply[0] += f"  ({float(detail['duration_ms']):.1f} ms)"
     seq.add(_Step(service, client, reply, reply=True, color="black" if ok else REFUSED))
+    for event in later:
+        _steps_for_event(event, seq)
 
 
 def _steps_for_event(event: Any, seq: _Sequence) -> None:
@@ -227,7 +234,9 @@ def _steps_for_event(event: Any, seq: _Sequence) -> None:
             seq.add(_Step(source, target, ["validate X-Auth-Token"]))
             seq.add(_Step(target, source, outcome, reply=True, color=color))
         return
-    seq.add(_Step(source, target, [_short(str(_get(event, "summary", "")))]))
+    # the answer to an RPC call goes back dashed, like an HTTP reply
+    seq.add(_Step(source, target, [_short(str(_get(event, "summary", "")))],
+                  reply=detail.get("type") == "reply"))
 
 
 def _sequence(events: Iterable[Any], hide: Sequence[str]) -> _Sequence:
@@ -261,11 +270,22 @@ def _text_width(lines: list[str]) -> float:
     return max((len(line) for line in lines), default=0) * CHAR_W
 
 
+def _title(name: str, client: bool) -> tuple[str, str]:
+    """A participant's name and the small line under it: "nova-compute@compute-1" is
+    nova-compute on compute-1."""
+    if "@" in name:
+        what, host = name.split("@", 1)
+        return what, f"on {host}"
+    if name.endswith("-db"):
+        return name, "database"
+    return name, "client" if client else SERVICE_TYPES.get(name, "")
+
+
 def _header(name: str, client: bool) -> tuple[str, str, str]:
     """(label, fill, line colour) of a participant's box."""
-    sub = "client" if client else SERVICE_TYPES.get(name, "")
-    label = f"<<b>{_esc(name)}</b>" + (f'<br/><font point-size="9">{_esc(sub)}</font>'
-                                          if sub else "") + ">"
+    title, sub = _title(name, client)
+    label = f"<<b>{_esc(title)}</b>" + (f'<br/><font point-size="9">{_esc(sub)}</font>'
+                                           if sub else "") + ">"
     if client:
         return label, CLIENT_FILL, MUTED
     if name == "keystone":
@@ -321,6 +341,11 @@ def token_flow(events: Iterable[Any], hide: Sequence[str] = ("labkit-inspector",
         else:
             for i in range(a, b):
                 gaps[i] = max(gaps[i], need / (b - a))
+    for i in range(len(gaps)):
+        # neighbouring boxes must not touch: half of each one's width, and a margin
+        halves = [max(len(t) for t in _title(seq.participants[j], False)) * 4.2 + 12
+                  for j in (i, i + 1)]
+        gaps[i] = max(gaps[i], sum(halves) + 16)
     xs = [0.0]
     for gap in gaps:
         xs.append(xs[-1] + gap)

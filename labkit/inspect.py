@@ -157,14 +157,45 @@ class Inspector:
         url = self._base + "/labkit/v1/tokens/decode"
         return self._admin.session.post(url, json={"token": token}).json()
 
-    def rows(self, service: str, table: str, columns: list[str] | None = None) -> Rows | Hidden:
-        """A service's database table as the cloud stores it; `columns` picks some."""
+    def rows(self, service: str, table: str, columns: list[str] | None = None,
+             **where: Any) -> Rows | Hidden:
+        """A service's database table as the cloud stores it; `columns` picks some and
+        `where` keeps rows by value (``uuid=server.id``)."""
         wanted = ", ".join(columns) if columns else "*"
         if not self.available:
+            condition = " AND ".join(f"{k}='{v}'" for k, v in where.items())
             return Hidden(f"the {service} database's {table} table", self.reason,
-                          f"mysql {service} -e 'SELECT {wanted} FROM {table}'")
-        data = self._get(f"/db/{service}/{table}")
-        return Rows(data["rows"], columns or data["columns"], f"{service}.{table}")
+                          f"mysql {service} -e \"SELECT {wanted} FROM {table}"
+                          + (f" WHERE {condition}" if condition else "") + '"')
+        data = self._get(f"/db/{service}/{table}", **where)
+        title = f"{service}.{table}" + "".join(f" {k}={v}" for k, v in where.items())
+        return Rows(data["rows"], columns or data["columns"], title)
+
+    def scheduling(self, server_id: str) -> list[dict[str, Any]] | Hidden:
+        """Each scheduling decision for the server: what placement offered, each filter's
+        verdict per host, each weigher's weights, the chosen host and the alternates."""
+        if not self.available:
+            return Hidden("why the scheduler chose this host", "The API shows only the result "
+                          "(hostId; the host itself to admins). " + self.reason,
+                          f"grep {server_id} /var/log/nova/nova-scheduler.log "
+                          "# with [filter_scheduler] debug logging on")
+        return self._get(f"/servers/{server_id}/scheduling")["decisions"]
+
+    def server_trace(self, server_id: str) -> TraceEvents | Hidden:
+        """Every API request, message and state change of every request that acted on it."""
+        if not self.available:
+            return Hidden("the messages between nova's services", self.reason,
+                          f"grep {server_id} /var/log/nova/*.log")
+        return TraceEvents(self._get(f"/servers/{server_id}/trace")["events"])
+
+    def scheduler_hosts(self) -> dict[str, Any] | Hidden:
+        """The compute hosts as the scheduler sees them now, and its configuration."""
+        if not self.available:
+            return Hidden("the scheduler's view of each host", "Admins can list hypervisors, "
+                          "but not the scheduler's own state. " + self.reason,
+                          "openstack resource provider list; openstack resource provider "
+                          "usage show <uuid>")
+        return self._get("/scheduler/hosts")
 
 
 def inspector(conn: Connection) -> Inspector:

@@ -16,23 +16,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from labkit.cloud.compute.scheduler import (
-    Candidate,
-    Decision,
-    Flavor,
-    HostState,
-    Image,
-    RequestSpec,
-    SchedulerConfig,
-    ServerGroup,
-    decide,
-)
 from labkit.cloud.placement.capacity import Inventory, refusals
 from labkit.paths import lab_dir
+
+if TYPE_CHECKING:
+    from labkit.cloud.compute.scheduler import (
+        Candidate,
+        Decision,
+        Flavor,
+        HostState,
+        RequestSpec,
+        SchedulerConfig,
+        ServerGroup,
+    )
+
+# The scheduler package is imported inside the functions below, not here: importing it
+# loads labkit.cloud.compute, whose service imports inventories_of from this module.
 
 
 def inventories_of(host: HostState) -> dict[str, Inventory]:
@@ -61,6 +64,8 @@ def usages_of(host: HostState) -> dict[str, int]:
 
 def candidates_for(spec: RequestSpec, hosts: Sequence[HostState]) -> list[Candidate]:
     """Placement's answer per host's provider: does the request fit, and if not why."""
+    from labkit.cloud.compute.scheduler import Candidate
+
     wanted = spec.resources()
     out = []
     for host in hosts:
@@ -71,11 +76,15 @@ def candidates_for(spec: RequestSpec, hosts: Sequence[HostState]) -> list[Candid
 
 def lab_hosts(lab: Path | str | None = None) -> list[HostState]:
     """The lab's compute hosts (data/hosts.yaml), with nothing running on them."""
+    from labkit.cloud.compute.scheduler import HostState
+
     return HostState.from_lab(lab)
 
 
 def lab_flavors(lab: Path | str | None = None) -> list[dict[str, Any]]:
     """The lab's flavors (data/flavors.yaml) as nova's flavor fields."""
+    from labkit.cloud.compute.scheduler import Flavor
+
     path = Path(lab) if lab is not None else lab_dir()
     if path.is_dir():
         path = path / "flavors.yaml"
@@ -90,6 +99,8 @@ def _with_group_members(hosts: Sequence[HostState],
     The anti-affinity filter counts the group's members among a host's instances;
     a playground group says only "on compute-2" (twice for two servers there).
     """
+    from labkit.cloud.compute.scheduler import ServerGroup
+
     if group.members or not group.hosts:
         return list(hosts), group
     hosts = [h.copy() for h in hosts]
@@ -118,6 +129,15 @@ def predict(hosts: Sequence[HostState], flavor: Mapping[str, Any] | Flavor,
     "rules": {"max_server_per_host": 1}}); its `hosts` may repeat a host to mean
     several of the group's servers there.
     """
+    from labkit.cloud.compute.scheduler import (
+        Flavor,
+        Image,
+        RequestSpec,
+        SchedulerConfig,
+        ServerGroup,
+        decide,
+    )
+
     flavor = flavor if isinstance(flavor, Flavor) else Flavor.from_dict(dict(flavor))
     server_group = None
     if group is not None:

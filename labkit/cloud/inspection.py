@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from labkit.cloud.compute.instances import InstanceAction
 from labkit.cloud.errors import BadRequest, Forbidden, NotFound
 from labkit.cloud.http import context, read_json
 from labkit.cloud.identity.exceptions import TokenNotFound, exception_handlers
@@ -95,14 +96,52 @@ def build_inspection_app(cloud: Cloud) -> Starlette:
         if db is None or table not in base.metadata.tables:
             raise NotFound(f"No table {table!r} in service {service!r}.")
         columns = base.metadata.tables[table]
+        query = select(columns)
+        # ?column=value keeps the rows where that column has that value
+        for name, value in request.query_params.items():
+            if name not in columns.c:
+                raise BadRequest(f"Table {table!r} has no column {name!r}.")
+            query = query.where(columns.c[name] == value)
         with db.engine.connect() as conn:
-            rows = [dict(r._mapping) for r in conn.execute(select(columns))]
+            rows = [dict(r._mapping) for r in conn.execute(query)]
         names = [c["name"] for c in sa_inspect(db.engine).get_columns(table)]
         return JSONResponse({"service": service, "table": table, "columns": names,
                              "rows": rows}, media_type="application/json")
 
+    async def scheduling(request: Request) -> Response:
+        """Every scheduling decision for a server: candidates, filters, weights, choice."""
+        admin(request)
+        uuid = request.path_params["server_id"]
+        with cloud.compute.database.session() as s:
+            cloud.compute.instances.get(s, uuid, include_deleted=True)
+        return JSONResponse({"server_id": uuid,
+                             "decisions": cloud.compute.instances.decisions(uuid)})
+
+    async def server_trace(request: Request) -> Response:
+        """Every event of every request that acted on a server, in time order."""
+        admin(request)
+        uuid = request.path_params["server_id"]
+        with cloud.compute.database.session() as s:
+            cloud.compute.instances.get(s, uuid, include_deleted=True)
+            request_ids = s.scalars(select(InstanceAction.request_id).where(
+                InstanceAction.instance_uuid == uuid).order_by(InstanceAction.id)).all()
+        events = [e for rid in request_ids for e in cloud.trace.query(request_id=rid)]
+        events.sort(key=lambda e: (e.time, e.seq or 0))
+        return JSONResponse({"server_id": uuid, "request_ids": list(request_ids),
+                             "events": [e.to_dict() for e in events]})
+
+    async def scheduler_hosts(request: Request) -> Response:
+        """The hosts as the scheduler sees them now, and how it is configured."""
+        admin(request)
+        scheduler = cloud.compute.scheduler
+        return JSONResponse({"hosts": [h.to_dict() for h in scheduler.host_states()],
+                             "config": scheduler.config.to_dict()})
+
     return Starlette(routes=[
         Route("/", index, methods=["GET"]),
+        Route("/servers/{server_id}/scheduling", scheduling, methods=["GET"]),
+        Route("/servers/{server_id}/trace", server_trace, methods=["GET"]),
+        Route("/scheduler/hosts", scheduler_hosts, methods=["GET"]),
         Route("/trace", trace, methods=["GET"]),
         Route("/tokens/decode", decode_token, methods=["POST"]),
         Route("/db/{service}/{table}", table_rows, methods=["GET"]),

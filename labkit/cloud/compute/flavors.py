@@ -9,6 +9,7 @@ rest of nova: a server keeps a copy of its flavor as it was at boot
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,14 @@ def _as_dict(row: FlavorRow) -> dict[str, Any]:
     }
 
 
+def _regex(text: str) -> re.Pattern[str]:
+    """A name filter as a regex, or literally when it is not a valid one."""
+    try:
+        return re.compile(text)
+    except re.error:
+        return re.compile(re.escape(text))
+
+
 def _visible(row: FlavorRow, project_id: str | None, is_admin: bool) -> bool:
     """Nova's rule: admins see every flavor; others public ones and those shared with them."""
     return (is_admin or row.is_public
@@ -127,7 +136,7 @@ class Flavors:
 
     def list(self, *, project_id: str | None, is_admin: bool, is_public: bool | None = True,
              min_ram: int | None = None, min_disk: int | None = None,
-             disabled: bool | None = None, sort_key: str = "flavorid", sort_dir: str = "asc",
+             disabled: bool | None = None, name: str | None = None, sort_key: str = "flavorid", sort_dir: str = "asc",
              limit: int | None = None, marker: str | None = None) -> list[dict[str, Any]]:
         """Flavors as nova's FlavorList.get_all filters, sorts and pages them.
 
@@ -149,6 +158,10 @@ class Flavors:
                 rows = [r for r in rows if r.root_gb >= min_disk]
             if disabled is not None:
                 rows = [r for r in rows if r.disabled == disabled]
+            if name is not None:
+                # nova matches the name as a regular expression
+                pattern = _regex(name)
+                rows = [r for r in rows if pattern.search(r.name)]
             if is_public is True:
                 rows = [r for r in rows if r.is_public
                         or any(p.project_id == project_id for p in r.projects)]

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 IMAGE_CORE = {"id", "name", "status", "visibility", "owner", "size", "virtual_size",
               "checksum", "os_hash_algo", "os_hash_value", "disk_format", "container_format",
               "min_ram", "min_disk", "protected", "tags", "created_at", "updated_at", "file",
-              "self", "schema", "direct_url", "locations", "os_hidden", "stores"}
+              "self", "schema", "properties", "direct_url", "locations", "os_hidden", "stores"}
 MAX_USER_DATA = 65535  # bytes once decoded, nova's limit
 HOSTNAME_CHARS = re.compile(r"[^a-z0-9-]+")
 

@@ -17,10 +17,17 @@ STATE_FIELDS = ("vm_state", "task_state", "power_state")
 
 def set_state(trace: Trace, instances: Instances, ctx: MessageContext, uuid: str,
               **values: Any) -> None:
-    """Write the new values; record vm_state, task_state and power_state as they now are."""
+    """Write the new values; record vm_state, task_state and power_state as they now are.
+
+    The summary names what changed (all three on the first record of an instance).
+    """
+    with instances.db.session() as s:
+        row = instances.get(s, uuid, include_deleted=True)
+        before = {name: getattr(row, name) for name in STATE_FIELDS}
     instance = instances.update(uuid, **values)
     state = {name: getattr(instance, name) for name in STATE_FIELDS}
-    shown = ", ".join(f"{k}={v}" for k, v in state.items())
+    changed = {k: v for k, v in state.items() if before[k] != v or not values} or state
+    shown = " ".join(f"{k}={v}" for k, v in changed.items())
     trace.record(TraceEvent(
         kind="state", source=ctx.source, target="nova-db",
         summary=f"{instance.display_name}: {shown}", request_id=ctx.request_id,

@@ -84,10 +84,10 @@ class VersionNegotiation:
             relative = scope["path"][len(root):]
             segment, slash, rest = relative.lstrip("/").partition("/")
             if segment == "versions":
-                await explicit_versions(Request(scope))(scope, receive, send)
+                await (await explicit_versions(Request(scope)))(scope, receive, send)
                 return
             if segment not in URL_VERSIONS:
-                await versions(Request(scope))(scope, receive, send)
+                await (await versions(Request(scope)))(scope, receive, send)
                 return
             if segment != "v2":
                 scope = {**scope, "path": f"{root}/v2{slash}{rest}"}

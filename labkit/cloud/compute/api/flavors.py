@@ -151,7 +151,7 @@ def _listed(request: Request) -> list[dict[str, Any]]:
         is_public=_is_public_filter(query.get("is_public"), token.is_admin),
         min_ram=_int_filter(request, "minRam"), min_disk=_int_filter(request, "minDisk"),
         # non-admins never see disabled flavors in lists
-        disabled=None if token.is_admin else False,
+        disabled=None if token.is_admin else False, name=query.get("name"),
         sort_key=query.get("sort_key") or "flavorid", sort_dir=query.get("sort_dir") or "asc",
         limit=limit, marker=marker)
 

@@ -141,8 +141,11 @@ class VersionHeaderMiddleware:
 
         try:
             await self.app(scope, receive, send_with_version)
-        except Exception:
+        except Exception as exc:
             LOG.exception("unexpected error in the compute API")
             if started:
                 raise
-            await error_response(ServiceError())(scope, receive, send_with_version)
+            # nova's own 500 wording, pointing at this cloud's log instead of launchpad
+            fault = ServiceError("Unexpected API Error. Please report this with the embedded "
+                                 f"cloud's log if possible.\n{type(exc)}")
+            await error_response(fault)(scope, receive, send_with_version)

@@ -1,0 +1,78 @@
+"""matplotlib plots of what the trace recorded: an instance's states over time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+STATE_COLOURS = {
+    "building": "#fde68a", "active": "#86efac", "stopped": "#cbd5e1", "error": "#fca5a5",
+    "deleted": "#e5e7eb", "scheduling": "#93c5fd", "networking": "#a5b4fc",
+    "block_device_mapping": "#c4b5fd", "spawning": "#f0abfc", "deleting": "#fdba74",
+    "powering-off": "#fdba74", "powering-on": "#bef264", "rebooting": "#fde047",
+    "rebooting_hard": "#facc15",
+}
+ROWS = ("vm_state", "task_state")
+
+
+def _segments(events: list[Mapping[str, Any]], field: str,
+              end: float) -> list[tuple[float, float, str]]:
+    """(start, length, value) runs of one field, None runs left out."""
+    runs: list[tuple[float, float, str]] = []
+    current, since = None, 0.0
+    for event in events:
+        value = event["detail"].get(field)
+        if value != current:
+            if current is not None:
+                runs.append((since, event["time"] - since, str(current)))
+            current, since = value, event["time"]
+    if current is not None:
+        runs.append((since, end - since, str(current)))
+    return runs
+
+
+def state_timeline(events: Iterable[Mapping[str, Any]], title: str | None = None,
+                   unit: str = "ms") -> Figure:
+    """vm_state and task_state of one instance over time, from its "state" trace events.
+
+    Times are relative to the first state event, in `unit` ("ms" or "s").
+    """
+    states = sorted((e for e in events if e.get("kind") == "state"),
+                    key=lambda e: (e["time"], e.get("seq") or 0))
+    figure = Figure(figsize=(9, 2.2), layout="constrained")
+    axes = figure.subplots()
+    if not states:
+        axes.text(0.5, 0.5, "no state changes in these events", ha="center", va="center")
+        axes.set_axis_off()
+        return figure
+    scale = 1000.0 if unit == "ms" else 1.0
+    start = states[0]["time"]
+    end = states[-1]["time"]
+    # the last state lasts on; give it a visible width
+    tail = max((end - start) * 0.15, 0.001)
+    shifted = [{**e, "time": (e["time"] - start) * scale} for e in states]
+    span = (end - start + tail) * scale
+    narrow: dict[str, str] = {}  # states too short to label in their bar go in the legend
+    for row, field in enumerate(reversed(ROWS)):
+        for left, width, value in _segments(shifted, field, span):
+            colour = STATE_COLOURS.get(value, "#e5e7eb")
+            axes.broken_barh([(left, width)], (row - 0.35, 0.7), facecolors=colour,
+                             edgecolors="#475569", linewidth=0.6)
+            if width > span * 0.012 * (len(value) + 2):
+                axes.text(left + width / 2, row, value, ha="center", va="center", fontsize=8)
+            else:
+                narrow[value] = colour
+    if narrow:
+        axes.legend(handles=[Patch(facecolor=c, edgecolor="#475569", label=v)
+                             for v, c in narrow.items()],
+                    loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    axes.set_yticks(range(len(ROWS)), list(reversed(ROWS)))
+    axes.set_xlabel(f"time since the request ({unit})")
+    axes.set_xlim(0, (end - start + tail) * scale)
+    axes.spines[["top", "right"]].set_visible(False)
+    if title:
+        axes.set_title(title, fontsize=10, loc="left")
+    return figure
