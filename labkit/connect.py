@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from labkit.cloud import process
@@ -55,3 +57,20 @@ def embedded_cloud_at(auth_url: str) -> process.CloudInfo | None:
 def is_embedded(conn: Connection) -> bool:
     """Does this connection talk to the embedded cloud running here?"""
     return embedded_cloud_at((conn.config.get_auth_args() or {}).get("auth_url", "")) is not None
+
+
+def use_cli(conn: Connection) -> str | None:
+    """Point `!openstack ...` in this kernel at the same cloud as `conn`; the cloud's name.
+
+    The CLI is installed beside the kernel's Python, and `!` commands run in an
+    80-column pseudo-terminal, so tables are allowed to be as wide as they need.
+    """
+    bin_dir = str(Path(sys.executable).parent)
+    if bin_dir not in os.environ["PATH"].split(os.pathsep):
+        os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    os.environ["CLIFF_MAX_TERM_WIDTH"] = "400"
+    info = embedded_cloud_at((conn.config.get_auth_args() or {}).get("auth_url", ""))
+    if info is not None:
+        os.environ["OS_CLIENT_CONFIG_FILE"] = str(info.clouds_yaml)
+        os.environ["OS_CLOUD"] = "labkit"
+    return os.environ.get("OS_CLOUD")

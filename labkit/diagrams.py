@@ -514,8 +514,10 @@ def _mult(config: Mapping[str, Any], weigher: str) -> str:
 
 
 def _raw(value: float, weigher: str) -> str:
-    if weigher in ("RAMWeigher", "DiskWeigher"):
-        return f"{value / 1024:g} GB" if abs(value) >= 1024 else f"{value:g} MB"
+    if weigher == "RAMWeigher":
+        return f"{value:.0f} MB"
+    if weigher == "DiskWeigher":  # free_disk_mb, shown in GB when it is whole GB
+        return f"{value / 1024:g} GB" if value % 1024 == 0 else f"{value:.0f} MB"
     return f"{value:g}"
 
 
@@ -540,7 +542,7 @@ def scheduler_funnel(decision: Any) -> graphviz.Digraph:
                arrowsize="0.7")
 
     known = decision.hosts
-    rows = [f'<tr><td align="left" colspan="3"><font point-size="10">{_esc(line)}</font>'
+    rows = [f'<tr><td align="left" colspan="3"><font point-size="10">{_wrap(line, 100)}</font>'
             "</td></tr>" for line in _request_text(spec)]
     rows.append(f'<tr><td align="left" colspan="3"><font point-size="10">the scheduler knows '
                 f"{_count(len(known))}: {_esc(', '.join(known) or 'none')}</font></td></tr>")
@@ -598,3 +600,10 @@ def scheduler_funnel(decision: Any) -> graphviz.Digraph:
         graph.edge(previous, "outcome", color=REFUSED,
                    **({} if idle else {"label": " 0 hosts ", "fontcolor": REFUSED}))
     return graph
+
+
+def sequence(events: Iterable[Any], hide: Sequence[str] = ("labkit-inspector",),
+             title: str | None = None) -> graphviz.Digraph:
+    """The sequence picture of any request's trace: API calls, token checks, RPC messages
+    (casts, calls and their replies), calls to placement and state changes."""
+    return token_flow(events, hide=hide, title=title)

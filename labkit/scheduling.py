@@ -92,31 +92,6 @@ def lab_flavors(lab: Path | str | None = None) -> list[dict[str, Any]]:
     return [vars(Flavor.from_dict(e)) for e in entries]
 
 
-def _with_group_members(hosts: Sequence[HostState],
-                        group: ServerGroup) -> tuple[list[HostState], ServerGroup]:
-    """Give a group named only by its hosts some members on them, as the cloud would have.
-
-    The anti-affinity filter counts the group's members among a host's instances;
-    a playground group says only "on compute-2" (twice for two servers there).
-    """
-    from labkit.cloud.compute.scheduler import ServerGroup
-
-    if group.members or not group.hosts:
-        return list(hosts), group
-    hosts = [h.copy() for h in hosts]
-    by_name = {h.host: h for h in hosts}
-    members = []
-    for i, name in enumerate(group.hosts):
-        member = f"group-member-{i + 1}"
-        members.append(member)
-        if name in by_name:
-            by_name[name].instances.add(member)
-            by_name[name].num_instances += 1
-    return hosts, ServerGroup(policy=group.policy, rules=dict(group.rules),
-                              hosts=sorted(set(group.hosts)), members=members,
-                              uuid=group.uuid, name=group.name)
-
-
 def predict(hosts: Sequence[HostState], flavor: Mapping[str, Any] | Flavor,
             config: SchedulerConfig | None = None,
             image_properties: Mapping[str, Any] | None = None,
@@ -143,7 +118,6 @@ def predict(hosts: Sequence[HostState], flavor: Mapping[str, Any] | Flavor,
     if group is not None:
         server_group = group if isinstance(group, ServerGroup) else ServerGroup.from_dict(
             dict(group))
-        hosts, server_group = _with_group_members(hosts, server_group)
     spec = RequestSpec(flavor=flavor, image=Image(properties=dict(image_properties or {})),
                        availability_zone=availability_zone, group=server_group,
                        ignore_hosts=list(ignore_hosts))

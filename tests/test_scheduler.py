@@ -155,7 +155,7 @@ def test_anti_affinity_filter_refuses_a_host_with_a_member():
     group = ServerGroup("anti-affinity", hosts=["compute-2"], members=["m1"])
     ok, reason = passes("ServerGroupAntiAffinityFilter", host("compute-2", instances={"m1"}),
                         spec(group=group))
-    assert not ok and "compute-2 already has 1 of the group's server" in reason
+    assert not ok and "compute-2 already has 1 of the group's servers" in reason
 
 
 def test_anti_affinity_filter_passes_a_host_without_members():
@@ -431,3 +431,11 @@ def test_decision_round_trips_through_json():
     assert again == d
     assert again.to_dict() == d.to_dict()
     assert again.explain() == d.explain()
+
+
+def test_anti_affinity_filter_counts_hosts_when_members_are_unknown():
+    group = ServerGroup("anti-affinity", hosts=["compute-2", "compute-2"],
+                        rules={"max_server_per_host": 2})
+    ok, reason = passes("ServerGroupAntiAffinityFilter", host("compute-2"), spec(group=group))
+    assert not ok and "2 of the group's servers" in reason
+    assert passes("ServerGroupAntiAffinityFilter", host("compute-1"), spec(group=group))[0]

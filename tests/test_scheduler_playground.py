@@ -89,13 +89,6 @@ def test_predict_with_a_group_named_by_its_hosts():
     assert d.chosen == "compute-2"
 
 
-def test_predict_leaves_the_callers_hosts_alone():
-    hosts = scheduling.lab_hosts()
-    scheduling.predict(hosts, flavor("m1.tiny"), group={"policy": "anti-affinity",
-                                                        "hosts": ["compute-2"]})
-    assert all(not h.instances for h in hosts)
-
-
 def test_historical_filters_show_in_the_funnel():
     config = SchedulerConfig(enabled_filters=["ComputeFilter", "RamFilter", "CoreFilter"])
     d = scheduling.predict(LAB_HOSTS, flavor("m1.small"), config)

@@ -45,7 +45,8 @@ class Cloud:
         self.identity = IdentityBackend(
             self.identity_db, FernetTokens(home / "fernet-keys", self.ids), self.ids,
             bcrypt_rounds=settings.bcrypt_rounds, token_ttl=settings.token_ttl)
-        bootstrap(self.identity, settings.lab, base_url)
+        served = ("/identity", ImageService.path, PlacementService.path, ComputeService.path)
+        bootstrap(self.identity, settings.lab, base_url, served)
         self.bus = MessageBus(self.trace)
         # order matters: nova talks to glance and placement
         self.image = ImageService(self)

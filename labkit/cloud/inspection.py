@@ -47,7 +47,9 @@ def build_inspection_app(cloud: Cloud) -> Starlette:
         return JSONResponse({"labkit": {
             "version": "v1", "pace": s.pace, "deterministic": s.deterministic,
             "bcrypt_rounds": s.bcrypt_rounds, "token_ttl": s.token_ttl,
-            "boot": cloud.ids.boot, "started_at": cloud.started_at,
+            "boot": cloud.ids.boot,
+            "compute_driver": sorted({m.driver.name for m in cloud.compute.computes.values()}),
+            "started_at": cloud.started_at,
             "services": sorted(cloud.services),
             "tables": {name: sorted(base.metadata.tables)
                        for name, (_, base) in cloud.databases().items()},

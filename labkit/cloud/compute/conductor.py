@@ -37,8 +37,9 @@ class ConductorManager:
                                            request_spec: dict[str, Any],
                                            instance_uuids: list[str]) -> None:
         instances = self.nova.instances
+        here = self.nova.hosts.controller()
         for uuid in instance_uuids:
-            instances.start_event(uuid, ctx.request_id, SCHEDULE_EVENT, None)
+            instances.start_event(uuid, ctx.request_id, SCHEDULE_EVENT, here)
         try:
             selections = await self.nova.bus.call(
                 ctx, "scheduler", "select_destinations", request_spec=request_spec,
@@ -61,7 +62,8 @@ class ConductorManager:
                               failed_host: str, reason: str) -> None:
         """A reschedule: claim the next alternate that still fits and build there."""
         instances = self.nova.instances
-        instances.start_event(instance_uuid, ctx.request_id, RESCHEDULE_EVENT, None)
+        instances.start_event(instance_uuid, ctx.request_id, RESCHEDULE_EVENT,
+                              self.nova.hosts.controller())
         remaining = list(alternates)
         while remaining:
             host = remaining.pop(0)
@@ -84,6 +86,8 @@ class ConductorManager:
         """ERROR with nova's fault; the allocation (if any) is given back."""
         nova = self.nova
         nova.release_allocation(ctx, uuid, self.component)
+        if nova.is_deleted(uuid):
+            return  # deleted while it waited: it stays deleted, not ERROR
         nova.instances.finish_event(uuid, ctx.request_id, event, error=message,
                                     traceback=f"{exception}: {message}")
         nova.instances.add_fault(uuid, 500, message, details=f"{exception}: {message}")

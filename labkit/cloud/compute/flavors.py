@@ -136,8 +136,9 @@ class Flavors:
 
     def list(self, *, project_id: str | None, is_admin: bool, is_public: bool | None = True,
              min_ram: int | None = None, min_disk: int | None = None,
-             disabled: bool | None = None, name: str | None = None, sort_key: str = "flavorid", sort_dir: str = "asc",
-             limit: int | None = None, marker: str | None = None) -> list[dict[str, Any]]:
+             disabled: bool | None = None, name: str | None = None,
+             sort_key: str = "flavorid", sort_dir: str = "asc", limit: int | None = None,
+             marker: str | None = None) -> list[dict[str, Any]]:
         """Flavors as nova's FlavorList.get_all filters, sorts and pages them.
 
         is_public True: public ones plus private ones shared with project_id; False:

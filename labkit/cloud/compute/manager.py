@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 BUILD_EVENT = "compute__do_build_and_run_instance"
 
 
+class BuildAborted(Exception):
+    """The instance was deleted while it was being built."""
+
+
 class ComputeManager:
     def __init__(self, nova: ComputeService, host: str, driver: Driver) -> None:
         self.nova = nova
@@ -32,6 +36,11 @@ class ComputeManager:
         self.driver = driver
         self.component = f"nova-compute@{host}"
         self.topic = f"compute.{host}"
+        # one operation at a time per instance, as nova's compute manager locks on its uuid
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, uuid: str) -> asyncio.Lock:
+        return self._locks.setdefault(uuid, asyncio.Lock())
 
     def _state(self, ctx: MessageContext, uuid: str, **values: Any) -> None:
         set_state(self.nova.trace, self.nova.instances, ctx, uuid, **values)
@@ -50,6 +59,11 @@ class ComputeManager:
     async def build_and_run_instance(self, ctx: MessageContext, instance_uuid: str,
                                      request_spec: dict[str, Any],
                                      alternates: list[str]) -> None:
+        async with self._lock(instance_uuid):
+            await self._build_and_run(ctx, instance_uuid, request_spec, alternates)
+
+    async def _build_and_run(self, ctx: MessageContext, instance_uuid: str,
+                             request_spec: dict[str, Any], alternates: list[str]) -> None:
         instances = self.nova.instances
         if self.nova.is_deleted(instance_uuid):
             # deleted while it waited for a host: give back what the scheduler claimed
@@ -70,18 +84,31 @@ class ComputeManager:
                                alternates=alternates, failed_host=self.host,
                                reason=str(exc))
             return
-        except NotFound:
-            return  # deleted while building: the delete has cleaned up
+        except (NotFound, BuildAborted):
+            # deleted while building: undo what the build did; the delete finishes the rest
+            await self.driver.destroy(instance_uuid)
+            await self.nova.network.deallocate_for_instance(ctx, instance_uuid)
+            instances.finish_event(instance_uuid, ctx.request_id, BUILD_EVENT,
+                                   error="the instance was deleted during the build")
+            return
         instances.finish_event(instance_uuid, ctx.request_id, BUILD_EVENT)
 
+    def _step(self, ctx: MessageContext, uuid: str, **values: Any) -> None:
+        """The next build step, unless a delete has come in meanwhile."""
+        with self.nova.database.session() as s:
+            instance = self.nova.instances.get(s, uuid, include_deleted=True)
+            if instance.deleted or instance.task_state == "deleting":
+                raise BuildAborted(uuid)
+        self._state(ctx, uuid, **values)
+
     async def _build(self, ctx: MessageContext, uuid: str, spec: dict[str, Any]) -> None:
-        self._state(ctx, uuid, task_state="networking")
+        self._step(ctx, uuid, task_state="networking")
         await self._pause()
         network_info = await self.nova.network.allocate_for_instance(
             ctx, uuid, self.host, spec.get("requested_networks"))
-        self._state(ctx, uuid, task_state="block_device_mapping")
+        self._step(ctx, uuid, task_state="block_device_mapping")
         await self._pause()
-        self._state(ctx, uuid, task_state="spawning")
+        self._step(ctx, uuid, task_state="spawning")
         flavor = spec["flavor"]
         with self.nova.database.session() as s:
             instance = self.nova.instances.get(s, uuid)
@@ -92,7 +119,7 @@ class ComputeManager:
         self._record(ctx, f"{self.driver.name} driver@{self.host}", f"spawn {guest.name}",
                      vcpus=guest.vcpus, memory_mb=guest.memory_mb)
         await self.driver.spawn(guest)
-        self._state(ctx, uuid, vm_state="active", task_state=None,
+        self._step(ctx, uuid, vm_state="active", task_state=None,
                     power_state=self.driver.power_state(uuid), launched_at=time.time())
 
     async def _undo_build(self, ctx: MessageContext, uuid: str) -> None:
@@ -132,6 +159,11 @@ class ComputeManager:
         self.nova.instances.finish_event(uuid, ctx.request_id, event)
 
     async def terminate_instance(self, ctx: MessageContext, instance_uuid: str) -> None:
+        async with self._lock(instance_uuid):
+            await self._terminate(ctx, instance_uuid)
+        self._locks.pop(instance_uuid, None)
+
+    async def _terminate(self, ctx: MessageContext, instance_uuid: str) -> None:
         event = "compute_terminate_instance"
         self.nova.instances.start_event(instance_uuid, ctx.request_id, event, self.host)
         await self._pause()

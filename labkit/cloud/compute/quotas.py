@@ -50,7 +50,11 @@ class Quotas:
                 found[row.resource] = row.hard_limit
         return found
 
-    def set_limits(self, project_id: str, values: dict[str, Any]) -> dict[str, int]:
+    def set_limits(self, project_id: str, values: dict[str, Any],
+                   force: bool = False) -> dict[str, int]:
+        """Set some limits; below what the project already uses only with `force`, as
+        nova checks every value before it writes any."""
+        used = self.usage(project_id) if not force else {}
         for resource, value in values.items():
             if resource not in DEFAULTS:
                 raise BadRequest(f"Invalid input for field/attribute quota_set. Additional "
@@ -59,6 +63,10 @@ class Quotas:
                 raise BadRequest(f"Invalid input for field/attribute {resource}. Value: "
                                  f"{value}. {value!r} is not valid: a quota is an integer of "
                                  "-1 (no limit) or more")
+            minimum = used.get(resource, 0)
+            if value != -1 and value < minimum:
+                raise BadRequest(f"Quota limit {value} for {resource} must be greater than "
+                                 f"or equal to already used and reserved {minimum}.")
         with self.db.session() as s:
             for resource, value in values.items():
                 row = s.scalar(select(QuotaLimit).where(QuotaLimit.project_id == project_id,

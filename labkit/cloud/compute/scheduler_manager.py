@@ -44,9 +44,12 @@ class SchedulerManager:
             service = nova.hosts.compute_service(node.host)
             try:
                 used = nova.placement.usages(node.uuid)
+                # claimed here but not built yet counts too: a group's next member must
+                # see it, as nova's scheduler sees its own earlier selections
+                claimed = set(nova.placement.provider_allocations(node.uuid)[1])
             except NotFound:  # not registered in placement yet: nothing used
-                used = {}
-            instances = nova.hosts.instance_uuids(node.host)
+                used, claimed = {}, set()
+            instances = nova.hosts.instance_uuids(node.host) | claimed
             states.append(HostState(
                 host=node.host, node=node.hypervisor_hostname, uuid=node.uuid,
                 availability_zone=node.availability_zone,
@@ -56,7 +59,7 @@ class SchedulerManager:
                 disabled_reason=service.disabled_reason if service else None,
                 vcpus=node.vcpus, vcpus_used=used.get("VCPU", 0),
                 memory_mb=node.memory_mb,
-                memory_mb_used=used.get("MEMORY_MB", 0) + node.reserved_host_memory_mb,
+                memory_mb_used=used.get("MEMORY_MB", 0),  # the reserve is counted apart
                 disk_gb=node.local_gb, disk_gb_used=used.get("DISK_GB", 0),
                 cpu_allocation_ratio=node.cpu_allocation_ratio,
                 ram_allocation_ratio=node.ram_allocation_ratio,

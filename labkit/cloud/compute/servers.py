@@ -19,7 +19,7 @@ from labkit.cloud.bus import MessageContext
 from labkit.cloud.compute.hosts import DEFAULT_ZONE
 from labkit.cloud.compute.instances import NOSTATE, Instance
 from labkit.cloud.compute.states import set_state
-from labkit.cloud.errors import BadRequest, Conflict, NotFound
+from labkit.cloud.errors import BadRequest, Conflict, Forbidden, NotFound
 
 if TYPE_CHECKING:
     from labkit.cloud.compute.service import ComputeService
@@ -29,6 +29,7 @@ IMAGE_CORE = {"id", "name", "status", "visibility", "owner", "size", "virtual_si
               "checksum", "os_hash_algo", "os_hash_value", "disk_format", "container_format",
               "min_ram", "min_disk", "protected", "tags", "created_at", "updated_at", "file",
               "self", "schema", "properties", "direct_url", "locations", "os_hidden", "stores"}
+SCHEDULER_IMAGE_KEYS = {"architecture", "hypervisor_type", "vm_mode"}
 MAX_USER_DATA = 65535  # bytes once decoded, nova's limit
 HOSTNAME_CHARS = re.compile(r"[^a-z0-9-]+")
 
@@ -55,6 +56,12 @@ class CreateRequest:
     access_ip_v4: str = ""
     access_ip_v6: str = ""
     config_drive: bool = False
+
+
+def scheduling_properties(image: dict[str, Any]) -> dict[str, Any]:
+    """The image properties the scheduler reads (hw_*, img_* and the old bare names)."""
+    return {k: v for k, v in image.items() if k not in IMAGE_CORE
+            and (k.startswith(("hw_", "img_")) or k in SCHEDULER_IMAGE_KEYS)}
 
 
 def hostname_for(name: str) -> str:
@@ -133,7 +140,7 @@ class ServersAPI:
             return None
         try:
             return self.nova.server_groups.get(str(group_id), ctx.project_id, ctx.is_admin)
-        except NotFound as exc:
+        except (NotFound, Forbidden) as exc:
             raise BadRequest(f"Invalid hint group: instance group {group_id} could not be "
                              "found.") from exc
 
@@ -213,7 +220,7 @@ class ServersAPI:
         request_spec = {
             "flavor": kept,
             "image": {"id": image["id"], "name": image.get("name"),
-                      "properties": {k: v for k, v in image.items() if k not in IMAGE_CORE}},
+                      "properties": scheduling_properties(image)},
             "availability_zone": zone, "project_id": ctx.project_id,
             "scheduler_hints": dict(request.scheduler_hints), "num_instances": count,
             "requested_networks": networks,
@@ -305,8 +312,7 @@ class ServersAPI:
 
     def update(self, ctx: MessageContext, uuid: str, values: dict[str, Any]) -> None:
         instance = self._instance(ctx, uuid)
-        if "display_name" in values:
-            values["hostname"] = hostname_for(values["display_name"])
+        # a rename keeps the hostname: nova changes it only when asked (2.90's "hostname")
         self.nova.instances.update(instance.uuid, **values)
 
 

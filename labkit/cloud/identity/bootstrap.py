@@ -29,8 +29,13 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def bootstrap(backend: IdentityBackend, lab: Path, base_url: str) -> None:
-    """Create what the lab's files name and is missing; point lab endpoints at `base_url`."""
+def bootstrap(backend: IdentityBackend, lab: Path, base_url: str,
+              served: tuple[str, ...] | None = None) -> None:
+    """Create what the lab's files name and is missing; point lab endpoints at `base_url`.
+
+    `served` lists the paths the cloud answers on; catalog entries elsewhere are left
+    out, since clients (the CLI's `quota show`, for one) call every service listed.
+    """
     identity = load_yaml(lab / "identity.yaml")
     catalog = load_yaml(lab / "catalog.yaml")
     ids = backend.ids
@@ -76,6 +81,8 @@ def bootstrap(backend: IdentityBackend, lab: Path, base_url: str) -> None:
         if s.get(Region, region_id) is None:
             s.add(Region(id=region_id, description=""))
         for entry in catalog["services"]:
+            if served is not None and not entry["path"].startswith(served):
+                continue
             service = s.scalar(select(Service).where(Service.type == entry["type"],
                                                      Service.name == entry["name"]))
             if service is None:

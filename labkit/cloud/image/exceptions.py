@@ -69,12 +69,13 @@ class Gone(ServiceError):
     default_message = EXPLANATIONS[410]
 
 
-class NoContent(ServiceError):
-    """Not an error to the client: glance answers 204 for an image that has no data yet."""
+class GlanceMethodNotAllowed(MethodNotAllowed):
+    """405 with the method named, as WebOb's template does, and the Allow header glance sends."""
 
-    status = 204
-    title = "No Content"
-    default_message = ""
+    def __init__(self, method: str, allowed: list[str]) -> None:
+        super().__init__()
+        self.method = method
+        self.allowed = allowed
 
 
 def _wants(accept: str) -> str:
@@ -116,15 +117,6 @@ def _body_text(error: ServiceError) -> str:
     return f"{explanation}<br /><br />\n\n\n"
 
 
-class GlanceMethodNotAllowed(MethodNotAllowed):
-    """405 with the method named, as WebOb's template does, and the Allow header glance sends."""
-
-    def __init__(self, method: str, allowed: list[str]) -> None:
-        super().__init__()
-        self.method = method
-        self.allowed = allowed
-
-
 def _strip_tags(text: str) -> str:
     text = re.sub(r"<br\s*/?>", "\n", text.replace("\r", ""))
     return re.sub(r"<[^>]*>", "", text)
@@ -138,8 +130,6 @@ def error_response(error: ServiceError, accept: str = "") -> Response:
         headers.update(error.headers)
     if isinstance(error, GlanceMethodNotAllowed):
         headers["Allow"] = ", ".join(error.allowed)
-    if error.status == 204:
-        return Response(status_code=204, headers=headers)
     body = _body_text(error)
     media = _wants(accept)
     if media == "application/json":

@@ -38,8 +38,9 @@ from labkit.cloud.image.models import (
 
 Handler = Callable[[Request], Awaitable[Response]]
 
-# The versions we answer, newest first. Glance lists more; these are the ones whose
-# behaviour this glance has (2.6's interoperable import and 2.8's stores are not here).
+# The versions we answer, newest first, up to the last whose changes this glance has
+# (deactivate in 2.3, os_hidden in 2.7). Interoperable import (2.6) is not offered, which
+# clients learn as glance tells them: no OpenStack-image-import-methods header on create.
 VERSIONS = [("2.7", "CURRENT")] + [(f"2.{n}", "SUPPORTED") for n in range(6, -1, -1)]
 # what the URL may name as the version (glance's version negotiation maps each to v2)
 URL_VERSIONS = {"v2"} | {f"v{v}" for v, _ in VERSIONS}
@@ -113,7 +114,8 @@ async def read_body(request: Request) -> Any:
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > MAX_BODY:
-            raise PayloadTooLarge("Request is too large.")
+            raise PayloadTooLarge("Request is too large. Larger than max_request_body_size "
+                                  f"({MAX_BODY}).")
     if not raw:
         raise BadRequest("Body expected in request.")
     try:

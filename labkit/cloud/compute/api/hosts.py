@@ -1,11 +1,15 @@
-"""Admin views of the deployment: os-services, os-hypervisors and os-availability-zone.
+"""Admin views of the deployment: os-services, os-hypervisors, os-availability-zone and
+os-aggregates.
 
 Services and hypervisors are identified by UUID (microversion 2.53 on). A service
 is "up" while its component listens on the message bus and is not forced down.
+The lab defines no host aggregates, so os-aggregates lists none; clients such as
+`openstack hypervisor show` read the list anyway.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from starlette.requests import Request
@@ -13,14 +17,31 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from labkit.cloud.compute.api.errors import BOOLEAN, as_bool, policy_check, validate
+from labkit.cloud.compute.api.microversion import version
 from labkit.cloud.compute.api.servers import iso_micro
 from labkit.cloud.compute.api.versions import limit_and_marker, next_links
 from labkit.cloud.compute.hosts import INTERNAL_ZONE, ComputeNode, Service
-from labkit.cloud.errors import BadRequest
+from labkit.cloud.errors import BadRequest, ServiceError
 from labkit.cloud.http import context, read_json
 
 TOPICS = {"nova-compute": "compute.{host}", "nova-conductor": "conductor",
           "nova-scheduler": "scheduler"}
+
+
+class HostUptimeNotImplemented(ServiceError):
+    """nova's answer when the virt driver cannot say how long its host has been up."""
+
+    status = 501
+    title = "Not Implemented"
+    default_message = "Virt driver does not implement host uptime function."
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _up(nova: Any, service: Service) -> bool:
@@ -129,10 +150,26 @@ def routes(nova: Any) -> list[Route]:
     async def hypervisors_detail(request: Request) -> Response:
         return _hypervisors(request, detail=True)
 
+    def _node(request: Request) -> ComputeNode:
+        wanted = request.path_params["hypervisor_id"]
+        # ids are UUIDs from 2.53; clients then fall back to a search by name
+        if version(request).at_least("2.53") and not _is_uuid(wanted):
+            raise BadRequest(f"Invalid uuid {wanted}")
+        return nova.hosts.node(wanted)
+
     async def hypervisor(request: Request) -> Response:
         admin(request, "os_compute_api:os-hypervisors:show")
-        node = nova.hosts.node(request.path_params["hypervisor_id"])
-        return JSONResponse({"hypervisor": _hypervisor(nova, node, detail=True)})
+        return JSONResponse({"hypervisor": _hypervisor(nova, _node(request), detail=True)})
+
+    async def uptime(request: Request) -> Response:
+        admin(request, "os_compute_api:os-hypervisors:uptime")
+        _node(request)
+        # neither driver reads a real host's uptime (the lab's hosts are pretend)
+        raise HostUptimeNotImplemented()
+
+    async def aggregates(request: Request) -> Response:
+        admin(request, "os_compute_api:os-aggregates:index")
+        return JSONResponse({"aggregates": []})
 
     async def statistics(request: Request) -> Response:
         admin(request, "os_compute_api:os-hypervisors:statistics")
@@ -169,6 +206,8 @@ def routes(nova: Any) -> list[Route]:
         Route("/v2.1/os-hypervisors/detail", hypervisors_detail, methods=["GET"]),
         Route("/v2.1/os-hypervisors/statistics", statistics, methods=["GET"]),
         Route("/v2.1/os-hypervisors/{hypervisor_id}", hypervisor, methods=["GET"]),
+        Route("/v2.1/os-hypervisors/{hypervisor_id}/uptime", uptime, methods=["GET"]),
+        Route("/v2.1/os-aggregates", aggregates, methods=["GET"]),
         Route("/v2.1/os-availability-zone", zones, methods=["GET"]),
         Route("/v2.1/os-availability-zone/detail", zones_detail, methods=["GET"]),
     ]

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from labkit.cloud.compute.api.errors import policy_check
+from labkit.cloud.compute.api.errors import BOOLEAN, MAX_INT, as_bool, policy_check, validate
 from labkit.cloud.compute.api.microversion import version
 from labkit.cloud.compute.quotas import DEFAULTS
 from labkit.cloud.errors import Forbidden
@@ -18,6 +18,24 @@ from labkit.cloud.http import context, read_json
 NETWORK_QUOTAS = {"floating_ips": 10, "fixed_ips": -1, "security_groups": 10,
                   "security_group_rules": 20}
 FILE_QUOTAS = ("injected_files", "injected_file_content_bytes", "injected_file_path_bytes")
+
+
+QUOTA_VALUE: dict[str, Any] = {"type": ["integer", "string"], "pattern": "^-?[0-9]+$",
+                               "minimum": -1, "maximum": MAX_INT}
+
+
+def update_schema(v: Any) -> dict[str, Any]:
+    """nova's PUT os-quota-sets body: the quotas shown at this version, and `force`."""
+    names = [*DEFAULTS, *NETWORK_QUOTAS]
+    if v.at_least("2.36"):
+        names = [n for n in names if n not in NETWORK_QUOTAS]
+    if v.at_least("2.57"):
+        names = [n for n in names if n not in FILE_QUOTAS]
+    properties: dict[str, Any] = {n: QUOTA_VALUE for n in names}
+    properties["force"] = BOOLEAN
+    return {"type": "object", "properties": {"quota_set": {
+        "type": "object", "properties": properties, "additionalProperties": False}},
+        "required": ["quota_set"], "additionalProperties": False}
 
 
 def _shown(limits: dict[str, int], v: Any) -> dict[str, int]:
@@ -85,9 +103,13 @@ def routes(nova: Any) -> list[Route]:
     async def update(request: Request) -> Response:
         policy_check(context(request), "os_compute_api:os-quota-sets:update")
         body = await read_json(request)
-        values = {k: v for k, v in (body.get("quota_set") or {}).items() if k != "force"}
+        validate(body, update_schema(version(request)))
+        asked = body["quota_set"]
+        # the network quotas of old microversions are accepted but kept by neutron, not here
+        values = {k: int(v) for k, v in asked.items() if k in DEFAULTS and v is not None}
         project = request.path_params["project_id"]
-        limits = nova.quotas.set_limits(project, values)
+        limits = nova.quotas.set_limits(project, values,
+                                        force=as_bool(asked.get("force", False)))
         return JSONResponse({"quota_set": _shown(limits, version(request))})
 
     async def reset(request: Request) -> Response:

@@ -163,7 +163,8 @@ class ServerView:
             "security_groups": [{"name": n} for n in instance.security_groups],
         }
         if status in PROGRESS_SHOWN:
-            server["progress"] = 100 if status == "ACTIVE" else instance.progress
+            # nova shows the stored progress (0 after a plain boot), not a percentage of ACTIVE
+            server["progress"] = instance.progress or 0
         if self.admin:
             server["OS-EXT-SRV-ATTR:host"] = instance.host
             server["OS-EXT-SRV-ATTR:hypervisor_hostname"] = instance.node
@@ -252,6 +253,9 @@ def _matches(instance: Instance, filters: dict[str, str]) -> bool:
     for key, value in checks.items():
         if key in f and f[key] != (value or ""):
             return False
+    if "ip" in f or "ip6" in f:
+        # servers have no ports yet (the view shows empty addresses): no address matches
+        return False
     if "power_state" in f and str(instance.power_state) != f["power_state"]:
         return False
     if "locked" in f and instance.locked != as_bool(f["locked"]):
@@ -404,7 +408,8 @@ def routes(nova: Any) -> list[Route]:
     async def action(request: Request) -> Response:
         body = await read_json(request)
         if len(body) != 1:
-            raise BadRequest("There is no such action: " + ", ".join(sorted(body)) or "none")
+            # nova reads the action's name from the body's only key
+            raise BadRequest("Malformed message body: too many body keys")
         name, args = next(iter(body.items()))
         ctx, uuid = _ctx(request), request.path_params["server_id"]
         if name == "os-stop":

@@ -116,7 +116,10 @@ class Decision:
             why = "; ".join(f"{h}, by {r}" for h, r in self.removed_by().items())
             return f"{self.no_valid_host_reason.strip()} Removed: {why}."
         top = self.ranking[0]
-        text = f"{self.chosen} is chosen, with the highest weight ({top.weight:.3f})"
+        if len(self.ranking) == 1:
+            text = f"{self.chosen} is chosen: the only host left after the filters"
+        else:
+            text = f"{self.chosen} is chosen, with the highest weight ({top.weight:.3f})"
         if self.alternates:
             text += "; alternates: " + ", ".join(self.alternates)
         return text + "."

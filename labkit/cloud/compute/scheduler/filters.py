@@ -167,10 +167,12 @@ class ServerGroupAntiAffinityFilter(HostFilter):
         # a move (resize to the same host) must not be refused because of itself
         if spec.instance_uuid and spec.instance_uuid in host.instances:
             return Verdict(True, f"the server itself is on {host.host} (a move)")
-        on_host = host.instances & set(group.members)
         limit = int((group.rules or {}).get("max_server_per_host", 1))
-        count = len(on_host)
-        servers = f"{count} of the group's server{'s' if count != 1 else ''}"
+        if group.members:  # nova's rule: the group's members among the host's instances
+            count = len(host.instances & set(group.members))
+        else:  # a group given only by its hosts (the playground): a member per mention
+            count = group.hosts.count(host.host)
+        servers = f"{count} of the group's servers"
         if count < limit:
             return Verdict(True, f"{host.host} has {servers}, fewer than "
                                  f"max_server_per_host {limit}")

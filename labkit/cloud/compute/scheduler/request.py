@@ -54,7 +54,9 @@ class ServerGroup:
     """The server group the new server joins, if any.
 
     `members` are the uuids of the group's servers and `hosts` the hosts they
-    are on, as nova's InstanceGroup gives them to the scheduler.
+    are on, as nova's InstanceGroup gives them to the scheduler. Without
+    members, the anti-affinity filter counts a server per mention of a host in
+    `hosts` (["compute-2", "compute-2"]: two of the group's servers there).
     """
 
     policy: str  # "affinity" or "anti-affinity" (soft policies are weighers, not filters)
