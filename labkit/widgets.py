@@ -445,13 +445,17 @@ class SchedulerTable:
         return f"{d.spec.get('flavor', '?')} ({asks}): {d.explain()}"
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in self.columns)
+        # padding of its own: inside a widget, JupyterLab's table style does not apply and
+        # the columns would run together
+        pad = "padding:2px 12px 2px 6px;"
+        head = "".join(f"<th style='text-align:left;{pad}'>{html.escape(c)}</th>"
+                       for c in self.columns)
         body = []
         for cells, kept in self.rows():
             chosen = cells[4] == "chosen"
             color = f" background:{OK_COLOR};" if chosen else (
                 "" if kept else f" background:{ERROR_COLOR};")
-            tds = "".join(f"<td style='text-align:left;{color}'>{html.escape(c)}</td>"
+            tds = "".join(f"<td style='text-align:left;{pad}{color}'>{html.escape(c)}</td>"
                           for c in cells)
             body.append(f"<tr>{tds}</tr>")
         return (f"<p><b>{html.escape(self._caption())}</b></p><table><thead><tr>{head}</tr>"
@@ -509,13 +513,15 @@ def scheduler_playground(hosts: Sequence[Any] | None = None,
 
     flavor = w.Dropdown(options=[(f["name"], i) for i, f in enumerate(flavor_list)],
                         value=0, description="flavor", style=style, layout=wide)
-    group_options: list[tuple[str, Any]] = [("none", None)]
+    # the dropdown's values are indices into `groups`: a None value would mean "nothing
+    # selected" to ipywidgets, and the browser would show an empty box instead of "none"
+    groups: list[tuple[str, dict[str, Any] | None]] = [("none", None)]
     for policy in ("anti-affinity", "affinity"):
         for h in base_hosts:
-            group_options.append((f"{policy}, a member on {h.host}",
-                                  {"policy": policy, "hosts": [h.host]}))
-    group = w.Dropdown(options=group_options, value=None, description="server group",
-                       style=style, layout=wide)
+            groups.append((f"{policy}, a member on {h.host}",
+                           {"policy": policy, "hosts": [h.host]}))
+    group = w.Dropdown(options=[(label, i) for i, (label, _) in enumerate(groups)], value=0,
+                       description="server group", style=style, layout=wide)
 
     # filters: the configured ones ticked, in their order, then the rest (historical last)
     names = list(config.enabled_filters) + [n for n in FILTERS if n not in
@@ -587,7 +593,7 @@ def scheduler_playground(hosts: Sequence[Any] | None = None,
 
     def redraw(_: Any = None) -> None:
         decision = scheduling.predict(current_hosts(), flavor_list[flavor.value],
-                                      current_config(), group=group.value)
+                                      current_config(), group=groups[group.value][1])
         widget.decision = decision
         ok = decision.chosen is not None
         summary.value = _box("nova would choose " + decision.chosen if ok

@@ -218,9 +218,9 @@ def test_failed_spawn_is_rescheduled_to_the_alternate(tmp_path: Path) -> None:
             "active", None, "compute-1")
         action, events = events_of(cloud, uuid, "create")
         assert [(e, r, h) for e, r, h, _ in events] == [
-            ("conductor_schedule_and_build_instances", "Success", None),
+            ("conductor_schedule_and_build_instances", "Success", "controller"),
             ("compute__do_build_and_run_instance", "Error", "compute-2"),
-            ("conductor_build_instances", "Success", None),
+            ("conductor_build_instances", "Success", "controller"),
             ("compute__do_build_and_run_instance", "Success", "compute-1")]
         assert "told to fail" in events[1][3]
         # the action as a whole failed once, as nova's record of it says
