@@ -70,8 +70,8 @@ def state_timeline(events: Iterable[Mapping[str, Any]], title: str | None = None
                              for v, c in narrow.items()],
                     loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     axes.set_yticks(range(len(ROWS)), list(reversed(ROWS)))
-    axes.set_xlabel(f"time since the request ({unit})")
-    axes.set_xlim(0, (end - start + tail) * scale)
+    axes.set_xlabel(f"time since the first state change ({unit})")
+    axes.set_xlim(0, span)
     axes.spines[["top", "right"]].set_visible(False)
     if title:
         axes.set_title(title, fontsize=10, loc="left")

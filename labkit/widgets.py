@@ -455,8 +455,10 @@ class SchedulerTable:
             chosen = cells[4] == "chosen"
             color = f" background:{OK_COLOR};" if chosen else (
                 "" if kept else f" background:{ERROR_COLOR};")
-            tds = "".join(f"<td style='text-align:left;{pad}{color}'>{html.escape(c)}</td>"
-                          for c in cells)
+            # a host name never breaks at its hyphen, however long placement's reasons are
+            tds = "".join(f"<td style='text-align:left;{pad}{color}"
+                          f"{'white-space:nowrap;' if i == 0 else ''}'>{html.escape(c)}</td>"
+                          for i, c in enumerate(cells))
             body.append(f"<tr>{tds}</tr>")
         return (f"<p><b>{html.escape(self._caption())}</b></p><table><thead><tr>{head}</tr>"
                 f"</thead><tbody>{''.join(body)}</tbody></table>")

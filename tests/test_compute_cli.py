@@ -147,7 +147,6 @@ def test_server_event_list_and_show(openstack_cli: Run, server: dict[str, Any]) 
     assert shown["action"] == "create"
     assert shown["request_id"] == request_id
     assert [(e["event"], e["result"]) for e in shown["events"]] == [
-        ("conductor_schedule_and_build_instances", "Success"),
         ("compute__do_build_and_run_instance", "Success")]
 
 

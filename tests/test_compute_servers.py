@@ -280,22 +280,21 @@ def test_sdk_delete_and_wait_for_delete_frees_placement(
         "delete", "create"]
 
 
-def test_sdk_create_action_records_schedule_and_build_events(
+def test_sdk_create_action_records_the_build_event(
         demo_conn: Connection, admin_conn: Connection, sdk_server: Any) -> None:
     actions = list(demo_conn.compute.server_actions(sdk_server))
     assert [a.action for a in actions] == ["create"]
     create = demo_conn.compute.get_server_action(actions[0].request_id, sdk_server)
     assert create.request_id.startswith("req-")
     assert [(e.event, e.result) for e in create.events] == [
-        ("conductor_schedule_and_build_instances", "Success"),
         ("compute__do_build_and_run_instance", "Success")]
     assert all(e.start_time and e.finish_time for e in create.events)
     # the build's host is for admins; members see its hashed hostId
     host = admin_conn.compute.get_server(sdk_server.id).compute_host
     seen = admin_conn.compute.get_server_action(actions[0].request_id, sdk_server.id)
-    assert seen.events[1].host == host
-    assert create.events[1].host is None
-    assert create.events[1].host_id == demo_conn.compute.get_server(sdk_server.id).host_id
+    assert seen.events[0].host == host
+    assert create.events[0].host is None
+    assert create.events[0].host_id == demo_conn.compute.get_server(sdk_server.id).host_id
 
 
 def test_sdk_lists_the_lab_flavors(demo_conn: Connection) -> None:
@@ -633,6 +632,11 @@ def test_flavor_too_big_for_every_host_goes_error_with_no_valid_host(
     r = http.get(f"{SERVERS}/{server_id}/os-instance-actions", headers=compute(demo_token))
     create = r.json()["instanceActions"][0]
     assert (create["action"], create["message"]) == ("create", "Error")
+    r = http.get(f"{SERVERS}/{server_id}/os-instance-actions/{create['request_id']}",
+                 headers=compute(demo_token))
+    # nova writes the conductor's event only when scheduling fails
+    assert [(e["event"], e["result"]) for e in r.json()["instanceAction"]["events"]] == [
+        ("conductor_schedule_and_build_instances", "Error")]
     delete(http, demo_token, server_id)
     assert snapshot(http, demo_token, admin_token) == before
 

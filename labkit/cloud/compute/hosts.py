@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import JSON, Boolean, Float, Integer, String, func, select
+from sqlalchemy import JSON, Boolean, Float, Integer, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from labkit.cloud.compute.base import ComputeBase
@@ -200,8 +200,3 @@ class Hosts:
         with self.db.session() as s:
             return set(s.scalars(select(Instance.uuid).where(
                 Instance.host == host, Instance.deleted.is_(False))))
-
-    def count_instances(self) -> int:
-        with self.db.session() as s:
-            return s.scalar(select(func.count()).select_from(Instance)
-                            .where(Instance.deleted.is_(False))) or 0

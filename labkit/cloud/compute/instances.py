@@ -20,27 +20,37 @@ from labkit.cloud.errors import NotFound
 # power_state values (nova.compute.power_state)
 NOSTATE, RUNNING, PAUSED, SHUTDOWN, CRASHED, SUSPENDED = 0, 1, 3, 4, 6, 7
 
-# vm_state → status; a task_state can override it (nova.api.openstack.common's state map)
-STATUS_BY_VM_STATE = {
-    "building": "BUILD", "active": "ACTIVE", "stopped": "SHUTOFF", "error": "ERROR",
-    "deleted": "DELETED", "paused": "PAUSED", "suspended": "SUSPENDED",
-    "resized": "VERIFY_RESIZE", "soft-delete": "SOFT_DELETED", "shelved": "SHELVED",
-    "shelved_offloaded": "SHELVED_OFFLOADED", "rescued": "RESCUE",
+# vm_state → status, and the task states that override it for that vm_state
+# (nova.api.openstack.common's state map)
+_REBOOT = {"rebooting": "REBOOT", "reboot_pending": "REBOOT", "reboot_started": "REBOOT",
+           "rebooting_hard": "HARD_REBOOT", "reboot_pending_hard": "HARD_REBOOT",
+           "reboot_started_hard": "HARD_REBOOT"}
+_REBUILD = {"rebuilding": "REBUILD", "rebuild_block_device_mapping": "REBUILD",
+            "rebuild_spawning": "REBUILD"}
+_RESIZE = {"resize_prep": "RESIZE", "resize_migrating": "RESIZE",
+           "resize_migrated": "RESIZE", "resize_finish": "RESIZE"}
+STATE_MAP: dict[str, tuple[str, dict[str, str]]] = {
+    "building": ("BUILD", {}),
+    "active": ("ACTIVE", {**_REBOOT, **_REBUILD, **_RESIZE, "migrating": "MIGRATING",
+                          "set_admin_password": "PASSWORD"}),
+    "stopped": ("SHUTOFF", {**_RESIZE, **_REBUILD}),
+    "resized": ("VERIFY_RESIZE", {"resize_reverting": "REVERT_RESIZE"}),
+    "paused": ("PAUSED", {"migrating": "MIGRATING"}),
+    "suspended": ("SUSPENDED", {}),
+    "rescued": ("RESCUE", {}),
+    "error": ("ERROR", _REBUILD),
+    "deleted": ("DELETED", {}),
+    "soft-delete": ("SOFT_DELETED", {}),
+    "shelved": ("SHELVED", {}),
+    "shelved_offloaded": ("SHELVED_OFFLOADED", {}),
 }
-STATUS_BY_TASK_STATE = {
-    "rebooting": "REBOOT", "reboot_pending": "REBOOT", "reboot_started": "REBOOT",
-    "rebooting_hard": "HARD_REBOOT", "reboot_pending_hard": "HARD_REBOOT",
-    "reboot_started_hard": "HARD_REBOOT", "rebuilding": "REBUILD",
-    "rebuild_block_device_mapping": "REBUILD", "rebuild_spawning": "REBUILD",
-    "resize_prep": "RESIZE", "resize_migrating": "RESIZE", "resize_migrated": "RESIZE",
-    "resize_finish": "RESIZE", "migrating": "MIGRATING",
-}
+STATUSES = {status for status, _ in STATE_MAP.values()} | {
+    status for _, by_task in STATE_MAP.values() for status in by_task.values()}
 
 
 def status_of(vm_state: str, task_state: str | None) -> str:
-    if vm_state in ("active", "stopped") and task_state in STATUS_BY_TASK_STATE:
-        return STATUS_BY_TASK_STATE[task_state]
-    return STATUS_BY_VM_STATE.get(vm_state, "UNKNOWN")
+    default, by_task = STATE_MAP.get(vm_state, ("UNKNOWN", {}))
+    return by_task.get(task_state or "", default)
 
 
 class Instance(ComputeBase):

@@ -18,7 +18,6 @@ from labkit.cloud.compute.scheduler.decide import decide
 from labkit.cloud.compute.scheduler.host_state import HostState
 from labkit.cloud.compute.scheduler.request import RequestSpec
 from labkit.cloud.errors import Conflict, NotFound
-from labkit.cloud.trace import TraceEvent
 
 if TYPE_CHECKING:
     from labkit.cloud.compute.service import ComputeService
@@ -72,11 +71,6 @@ class SchedulerManager:
                 instances=instances, num_instances=len(instances)))
         return states
 
-    def _placement_event(self, ctx: MessageContext, summary: str, **detail: Any) -> None:
-        self.nova.trace.record(TraceEvent(kind="http", source=self.component,
-                                          target="placement-api", summary=summary,
-                                          request_id=ctx.request_id, detail=detail))
-
     async def select_destinations(self, ctx: MessageContext, request_spec: dict[str, Any],
                                   instance_uuids: list[str]) -> list[list[str]]:
         """For each instance, [chosen host, *alternates]; the chosen host is claimed."""
@@ -88,8 +82,9 @@ class SchedulerManager:
             query = ",".join(f"{rc}:{amount}" for rc, amount in resources.items())
             verdicts = self.nova.placement.verdicts(resources)
             fitting = [v for v in verdicts if v.fits]
-            self._placement_event(ctx, f"GET /allocation_candidates?resources={query}",
-                                  candidates=[v.name for v in fitting])
+            self.nova.placement_event(ctx, self.component,
+                                      f"GET /allocation_candidates?resources={query}",
+                                      candidates=[v.name for v in fitting])
             decision = decide(spec, self.host_states(), verdicts, self.config)
             picked = self._claim_first(ctx, uuid, spec, decision)
             record = decision.to_dict()
@@ -110,8 +105,7 @@ class SchedulerManager:
             if host is None:
                 continue
             try:
-                self.nova.claim_on(ctx, self.component, uuid, host, {"flavor": spec.flavor},
-                                   resources=spec.resources())
+                self.nova.claim_on(ctx, self.component, uuid, host, spec.resources())
                 return host
             except Conflict:
                 continue

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from labkit.cloud.bus import MessageContext
-from labkit.cloud.compute.hosts import DEFAULT_ZONE
 from labkit.cloud.compute.instances import NOSTATE, Instance
 from labkit.cloud.compute.states import set_state
 from labkit.cloud.errors import BadRequest, Conflict, Forbidden, NotFound
@@ -30,8 +29,11 @@ IMAGE_CORE = {"id", "name", "status", "visibility", "owner", "size", "virtual_si
               "min_ram", "min_disk", "protected", "tags", "created_at", "updated_at", "file",
               "self", "schema", "properties", "direct_url", "locations", "os_hidden", "stores"}
 SCHEDULER_IMAGE_KEYS = {"architecture", "hypervisor_type", "vm_mode"}
+# task states a hard reboot may interrupt (nova's task_states.ALLOW_REBOOT)
+ALLOW_HARD_REBOOT = (None, "rebooting", "reboot_pending", "reboot_started", "resuming",
+                     "rebooting_hard", "unpausing", "pausing", "suspending")
 MAX_USER_DATA = 65535  # bytes once decoded, nova's limit
-HOSTNAME_CHARS = re.compile(r"[^a-z0-9-]+")
+HOSTNAME_CHARS = re.compile(r"[^\w.-]+")
 
 
 @dataclass
@@ -64,10 +66,11 @@ def scheduling_properties(image: dict[str, Any]) -> dict[str, Any]:
             and (k.startswith(("hw_", "img_")) or k in SCHEDULER_IMAGE_KEYS)}
 
 
-def hostname_for(name: str) -> str:
-    """Nova's sanitised hostname: lower case, letters, digits and dashes."""
-    cleaned = HOSTNAME_CHARS.sub("-", name.lower().replace("_", "-")).strip("-.")
-    return cleaned[:63] or "server"
+def hostname_for(name: str, uuid: str) -> str:
+    """Nova's sanitised hostname: cut to 63 characters, spaces, underscores and dots made
+    dashes, anything else odd dropped, lower case; "Server-<uuid>" when nothing is left."""
+    cleaned = HOSTNAME_CHARS.sub("", re.sub(r"[ _.]", "-", name[:63])).lower().strip(".-")
+    return cleaned or f"Server-{uuid}"[:63]
 
 
 class ServersAPI:
@@ -83,8 +86,8 @@ class ServersAPI:
             flavor = self.nova.flavors.find_for_project(flavor_id, ctx.project_id, ctx.is_admin)
         except NotFound as exc:
             raise BadRequest("Invalid flavorRef provided.") from exc
-        if flavor.get("disabled"):
-            raise BadRequest("Flavor is disabled.")
+        if flavor.get("disabled"):  # nova treats a disabled flavor as one not found
+            raise BadRequest("Invalid flavorRef provided.")
         return flavor
 
     def _image(self, ctx: MessageContext, request: CreateRequest) -> dict[str, Any]:
@@ -108,16 +111,27 @@ class ServersAPI:
             raise BadRequest(f"Image {image_id} is not active.")
         return image
 
-    def _check_fits(self, flavor: dict[str, Any], image: dict[str, Any]) -> None:
+    def _check_fits(self, ctx: MessageContext, flavor: dict[str, Any],
+                    image: dict[str, Any]) -> None:
+        """nova's checks, in its order: RAM, then (for a disk of its own) image size and
+        the image's min_disk."""
         if (image.get("min_ram") or 0) > flavor["memory_mb"]:
             raise BadRequest("Flavor's memory is too small for requested image.")
-        min_disk = image.get("min_disk") or 0
-        if flavor["root_gb"] and min_disk > flavor["root_gb"]:
-            raise BadRequest("Flavor's disk is too small for requested image.")
+        disk = flavor["root_gb"] * 1024 ** 3
+        if not disk:
+            if not ctx.is_admin:
+                raise Forbidden("Only volume-backed servers are allowed for flavors with "
+                                "zero disk.")
+            return
         size = image.get("size") or 0
-        if flavor["root_gb"] and size > flavor["root_gb"] * 1024 ** 3:
-            raise BadRequest(f"Flavor's disk is too small for requested image. Flavor disk is "
-                             f"{flavor['root_gb'] * 1024 ** 3} bytes, image is {size} bytes.")
+        if size > disk:
+            raise BadRequest(f"Flavor's disk is too small for requested image. Flavor disk "
+                             f"is {disk} bytes, image is {size} bytes.")
+        min_disk = (image.get("min_disk") or 0) * 1024 ** 3
+        if min_disk > disk:
+            raise BadRequest(f"Flavor's disk is smaller than the minimum size specified in "
+                             f"image metadata. Flavor disk is {disk} bytes, minimum size is "
+                             f"{min_disk} bytes.")
 
     def _zone(self, ctx: MessageContext, asked: str | None) -> tuple[str | None, str | None]:
         """(zone, forced host). "zone:host" pins a host, which only admins may do."""
@@ -125,7 +139,7 @@ class ServersAPI:
             return None, None
         zone, _, host = asked.partition(":")
         if host and not ctx.is_admin:
-            raise BadRequest("Policy doesn't allow os_compute_api:servers:create:forced_host "
+            raise Forbidden("Policy doesn't allow os_compute_api:servers:create:forced_host "
                              "to be performed.")
         zones = {n.availability_zone for n in self.nova.hosts.nodes()}
         if zone and zone not in zones:
@@ -141,8 +155,7 @@ class ServersAPI:
         try:
             return self.nova.server_groups.get(str(group_id), ctx.project_id, ctx.is_admin)
         except (NotFound, Forbidden) as exc:
-            raise BadRequest(f"Invalid hint group: instance group {group_id} could not be "
-                             "found.") from exc
+            raise BadRequest(f"Instance group {group_id} could not be found.") from exc
 
     def _networks(self, networks: Any) -> Any:
         if isinstance(networks, list):
@@ -150,18 +163,19 @@ class ServersAPI:
                 wanted = entry.get("uuid") or entry.get("port")
                 if wanted:
                     # no networking service yet: no network or port can exist
-                    kind = "Network" if entry.get("uuid") else "Port"
-                    raise BadRequest(f"{kind} {wanted} could not be found.")
+                    if entry.get("uuid"):
+                        raise BadRequest(f"Network {wanted} could not be found.")
+                    raise BadRequest(f"Port id {wanted} could not be found.")
         return networks
 
     def _user_data(self, user_data: str | None) -> str | None:
         if user_data is None:
             return None
         try:
-            decoded = base64.b64decode(user_data, validate=True)
+            base64.b64decode(user_data, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise BadRequest("User data needs to be valid base 64.") from exc
-        if len(decoded) > MAX_USER_DATA:
+        if len(user_data) > MAX_USER_DATA:
             raise BadRequest(f"User data too large. User data must be no larger than "
                              f"{MAX_USER_DATA} bytes once base64 encoded. Your data is "
                              f"{len(user_data)} bytes")
@@ -172,7 +186,7 @@ class ServersAPI:
         nova = self.nova
         flavor = self._flavor(ctx, request.flavor_ref)
         image = self._image(ctx, request)
-        self._check_fits(flavor, image)
+        self._check_fits(ctx, flavor, image)
         key_data = None
         if request.key_name:
             try:
@@ -201,7 +215,7 @@ class ServersAPI:
                     flavor=kept, key_name=request.key_name, key_data=key_data,
                     vm_state="building", task_state="scheduling", power_state=NOSTATE,
                     requested_availability_zone=zone, reservation_id=reservation_id,
-                    launch_index=index, hostname=hostname_for(name), user_data=user_data,
+                    launch_index=index, hostname=hostname_for(name, uuid), user_data=user_data,
                     config_drive="True" if request.config_drive else "",
                     metadata_=dict(request.metadata), tags=list(request.tags),
                     security_groups=list(request.security_groups),
@@ -250,12 +264,19 @@ class ServersAPI:
     def _check(self, ctx: MessageContext, action: str, instance: Instance,
                vm_states: tuple[str, ...], task_states: tuple[str | None, ...] = (None,)
                ) -> None:
+        """nova's order: the lock, the host, then the states."""
         if instance.locked and not ctx.is_admin:
             raise Conflict(f"Instance {instance.uuid} is locked")
+        self._require_host(instance)
         if instance.vm_state not in vm_states:
             raise self._refuse(action, instance, "vm_state")
         if instance.task_state not in task_states:
             raise self._refuse(action, instance, "task_state")
+
+    def _require_host(self, instance: Instance) -> None:
+        """nova's check_instance_host: an action for a host needs a host that listens."""
+        if instance.host is None or not self.nova.bus_has(f"compute.{instance.host}"):
+            raise Conflict(f"Instance {instance.uuid} is not ready")
 
     def _act(self, ctx: MessageContext, instance: Instance, action: str, task_state: str,
              method: str, **kwargs: Any) -> None:
@@ -270,8 +291,6 @@ class ServersAPI:
     def stop(self, ctx: MessageContext, uuid: str) -> None:
         instance = self._instance(ctx, uuid)
         self._check(ctx, "stop", instance, ("active", "error"))
-        if instance.host is None:
-            raise self._refuse("stop", instance, "vm_state")
         self._act(ctx, instance, "stop", "powering-off", "stop_instance")
 
     def start(self, ctx: MessageContext, uuid: str) -> None:
@@ -283,11 +302,9 @@ class ServersAPI:
         instance = self._instance(ctx, uuid)
         if reboot_type == "HARD":
             self._check(ctx, "reboot", instance, ("active", "stopped", "error"),
-                        (None, "rebooting", "reboot_pending", "reboot_started"))
+                        ALLOW_HARD_REBOOT)
         else:
             self._check(ctx, "reboot", instance, ("active",))
-        if instance.host is None:
-            raise self._refuse("reboot", instance, "vm_state")
         task = "rebooting_hard" if reboot_type == "HARD" else "rebooting"
         self._act(ctx, instance, "reboot", task, "reboot_instance", reboot_type=reboot_type)
 
@@ -314,7 +331,3 @@ class ServersAPI:
         instance = self._instance(ctx, uuid)
         # a rename keeps the hostname: nova changes it only when asked (2.90's "hostname")
         self.nova.instances.update(instance.uuid, **values)
-
-
-def zones_in_use(nova: ComputeService) -> list[str]:
-    return sorted({n.availability_zone for n in nova.hosts.nodes()} or {DEFAULT_ZONE})

@@ -81,10 +81,6 @@ class ComputeService:
             self.bus.register(component.topic, component.component, component)
         for state in self.scheduler.host_states():
             self.placement.ensure_provider(state.uuid, state.node, inventories_of(state))
-        ctx = MessageContext(request_id=None, source="nova-compute")
-        for manager in self.computes.values():
-            manager.init_host(ctx.sent_by(manager.component))
-        self._fail_lost_builds(ctx.sent_by("nova-conductor"))
 
     def _fail_lost_builds(self, ctx: MessageContext) -> None:
         """Builds still waiting for a host when the cloud stopped have lost their messages."""
@@ -105,10 +101,15 @@ class ComputeService:
         return versions.anonymous(method, path)
 
     async def start(self) -> None:
-        pass
+        """What each service does once it runs: pick up what a restart interrupted."""
+        ctx = MessageContext(request_id=None, source="nova-compute")
+        for manager in self.computes.values():
+            await manager.init_host(ctx.sent_by(manager.component))
+        self._fail_lost_builds(ctx.sent_by("nova-conductor"))
 
     async def stop(self) -> None:
-        await self.bus.drain(timeout=5)
+        # long enough for a build at the teach pace to finish rather than be cut off
+        await self.bus.drain(timeout=30)
 
     def close(self) -> None:
         self.database.close()
@@ -138,13 +139,16 @@ class ComputeService:
                 Instance.uuid.in_(members), Instance.deleted.is_(False),
                 Instance.host.is_not(None)))))
 
+    @staticmethod
+    def resources_of(request_spec: dict[str, Any]) -> dict[str, int]:
+        """What one instance of the request asks placement for (VCPU, MEMORY_MB, DISK_GB)."""
+        spec = {k: v for k, v in request_spec.items() if k in SPEC_FIELDS}
+        return RequestSpec.from_dict(spec).resources()
+
     def claim_on(self, ctx: MessageContext, source: str, instance_uuid: str, host: str,
-                 request_spec: dict[str, Any], resources: dict[str, int] | None = None) -> None:
+                 resources: dict[str, int]) -> None:
         """Claim the instance's resources on `host` in placement; Conflict if they no
         longer fit."""
-        if resources is None:
-            spec = {k: v for k, v in request_spec.items() if k in SPEC_FIELDS}
-            resources = RequestSpec.from_dict(spec).resources()
         node = self.hosts.node_for(host)
         with self.database.session() as s:
             instance = self.instances.get(s, instance_uuid, include_deleted=True)
@@ -152,21 +156,22 @@ class ComputeService:
         try:
             self.placement.claim(instance_uuid, {node.uuid: resources}, project_id, user_id)
         except Conflict as exc:
-            self._placement_event(ctx, source, f"PUT /allocations/{instance_uuid[:8]}… → 409",
-                                  host=host, resources=resources, outcome=exc.message)
+            self.placement_event(ctx, source, f"PUT /allocations/{instance_uuid[:8]}… → 409",
+                                 host=host, resources=resources, outcome=exc.message)
             raise
-        self._placement_event(ctx, source, f"PUT /allocations/{instance_uuid[:8]}… → 204",
-                              host=host, resources=resources, outcome="claimed")
+        self.placement_event(ctx, source, f"PUT /allocations/{instance_uuid[:8]}… → 204",
+                             host=host, resources=resources, outcome="claimed")
 
     def release_allocation(self, ctx: MessageContext, instance_uuid: str, source: str) -> None:
         if not self.placement.allocations_for(instance_uuid):
             return
         self.placement.release(instance_uuid)
-        self._placement_event(ctx, source, f"DELETE /allocations/{instance_uuid[:8]}… → 204",
-                              outcome="released")
+        self.placement_event(ctx, source, f"DELETE /allocations/{instance_uuid[:8]}… → 204",
+                             outcome="released")
 
-    def _placement_event(self, ctx: MessageContext, source: str, summary: str,
-                         **detail: Any) -> None:
+    def placement_event(self, ctx: MessageContext, source: str, summary: str,
+                        **detail: Any) -> None:
+        """Record a call to placement (real nova makes these over HTTP)."""
         self.trace.record(TraceEvent(kind="http", source=source, target="placement-api",
                                      summary=summary, request_id=ctx.request_id,
                                      detail=detail))

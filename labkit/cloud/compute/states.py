@@ -26,8 +26,9 @@ def set_state(trace: Trace, instances: Instances, ctx: MessageContext, uuid: str
         before = {name: getattr(row, name) for name in STATE_FIELDS}
     instance = instances.update(uuid, **values)
     state = {name: getattr(instance, name) for name in STATE_FIELDS}
-    changed = {k: v for k, v in state.items() if before[k] != v or not values} or state
-    shown = " ".join(f"{k}={v}" for k, v in changed.items())
+    changed = {k: v for k, v in state.items() if before[k] != v} if values else {}
+    # the first record of an instance, or a change of host alone, shows all three
+    shown = " ".join(f"{k}={v}" for k, v in (changed or state).items())
     trace.record(TraceEvent(
         kind="state", source=ctx.source, target="nova-db",
         summary=f"{instance.display_name}: {shown}", request_id=ctx.request_id,

@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
+class GuestNotFound(LookupError):
+    """The hypervisor has no such guest."""
+
+
 class SpawnFailed(Exception):
     """The hypervisor could not start the guest; nova reschedules to an alternate host."""
 
@@ -45,5 +49,5 @@ class Driver(Protocol):
 
     def power_state(self, uuid: str) -> int: ...
 
-    def describe(self, uuid: str) -> dict[str, Any]:
-        """What the hypervisor knows about the guest (the model driver: its spec)."""
+    def adopt(self, uuid: str, power_state: int) -> None:
+        """After a restart of the cloud: take charge of a guest the records say is here."""

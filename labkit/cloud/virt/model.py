@@ -12,8 +12,8 @@ import asyncio
 from dataclasses import asdict
 from typing import Any
 
-from labkit.cloud.compute.instances import RUNNING, SHUTDOWN
-from labkit.cloud.virt.driver import GuestSpec, SpawnFailed
+from labkit.cloud.compute.instances import NOSTATE, RUNNING, SHUTDOWN
+from labkit.cloud.virt.driver import GuestNotFound, GuestSpec, SpawnFailed
 
 
 class ModelDriver:
@@ -41,24 +41,26 @@ class ModelDriver:
         await self._step()
         self.guests.pop(uuid, None)
 
+    def _guest(self, uuid: str) -> dict[str, Any]:
+        if uuid not in self.guests:
+            raise GuestNotFound(f"no guest {uuid} on the model hypervisor of {self.host}")
+        return self.guests[uuid]
+
     async def power_off(self, uuid: str) -> None:
         await self._step()
-        self.guests.setdefault(uuid, {"spec": {}})["power_state"] = SHUTDOWN
+        self._guest(uuid)["power_state"] = SHUTDOWN
 
     async def power_on(self, uuid: str) -> None:
         await self._step()
-        self.guests.setdefault(uuid, {"spec": {}})["power_state"] = RUNNING
+        self._guest(uuid)["power_state"] = RUNNING
 
     async def reboot(self, uuid: str, hard: bool) -> None:
         await self._step()
-        self.guests.setdefault(uuid, {"spec": {}})["power_state"] = RUNNING
+        self._guest(uuid)["power_state"] = RUNNING
 
     def power_state(self, uuid: str) -> int:
-        return self.guests.get(uuid, {}).get("power_state", SHUTDOWN)
+        return self.guests.get(uuid, {}).get("power_state", NOSTATE)
 
     def adopt(self, uuid: str, power_state: int) -> None:
         """After a restart of the cloud: the records say the guest exists, so it does."""
         self.guests.setdefault(uuid, {"spec": {}, "power_state": power_state})
-
-    def describe(self, uuid: str) -> dict[str, Any]:
-        return {"driver": self.name, "host": self.host, **self.guests.get(uuid, {})}

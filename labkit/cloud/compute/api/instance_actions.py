@@ -1,8 +1,9 @@
 """/v2.1/servers/{id}/os-instance-actions: what was done to a server, and its events.
 
 One action per request (create, stop, delete, ...) with its request id; each action
-has events (conductor_schedule_and_build_instances, compute__do_build_and_run_instance,
-...) with start, finish, result and host, as nova records them.
+has events (compute__do_build_and_run_instance, compute_stop_instance, and
+conductor_schedule_and_build_instances when scheduling fails) with start, finish,
+result and host, as nova records them.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ def routes(nova: Any) -> list[Route]:
     def instance(request: Request) -> Any:
         token = context(request)
         with nova.database.session() as s:
-            # deleted servers keep their history, as nova lets you read it
+            # a deleted server's history can be read from 2.21
             return nova.instances.get(s, request.path_params["server_id"],
                                       None if token.is_admin else token.project_id,
-                                      include_deleted=True)
+                                      include_deleted=version(request).at_least("2.21"))
 
     async def index(request: Request) -> Response:
         server = instance(request)
@@ -78,7 +79,9 @@ def routes(nova: Any) -> list[Route]:
                     if admin:
                         event["host"] = e.host or ""
                 listed.append(event)
-            shown["events"] = listed
+            # before 2.51 only admins see the events
+            if admin or v.at_least("2.51"):
+                shown["events"] = listed
             return JSONResponse({"instanceAction": shown})
 
     return [

@@ -53,11 +53,12 @@ def routes(nova: Any) -> list[Route]:
         token = context(request)
         v = version(request)
         project = token.project_id or ""
-        if token.is_admin and request.query_params.get("tenant_id"):
+        if "tenant_id" in request.query_params:
+            # another project's limits are for admins (nova's limits:other_project)
+            policy_check(token, "os_compute_api:limits:other_project")
             project = request.query_params["tenant_id"]
         q, used = nova.quotas.limits(project), nova.quotas.usage(project)
-        groups = nova.server_groups.count(project) if hasattr(
-            nova.server_groups, "count") else 0
+        groups = nova.server_groups.count(project)
         absolute = {
             "maxTotalInstances": q["instances"], "maxTotalCores": q["cores"],
             "maxTotalRAMSize": q["ram"], "maxServerMeta": q["metadata_items"],

@@ -22,7 +22,7 @@ from labkit.cloud.compute.api.errors import NAME, as_bool, validate
 from labkit.cloud.compute.api.microversion import APIVersion, version
 from labkit.cloud.compute.api.versions import limit_and_marker, next_links, resource_links
 from labkit.cloud.compute.flavors import Flavors
-from labkit.cloud.compute.instances import STATUS_BY_VM_STATE, Instance, status_of
+from labkit.cloud.compute.instances import STATUSES, Instance
 from labkit.cloud.compute.servers import CreateRequest, ServersAPI
 from labkit.cloud.errors import BadRequest
 from labkit.cloud.http import context, read_json, request_info
@@ -152,7 +152,9 @@ class ServerView:
             "accessIPv6": instance.access_ip_v6,
             "links": resource_links(self.request, "servers", instance.uuid),
             "OS-DCF:diskConfig": "MANUAL",
-            "OS-EXT-AZ:availability_zone": instance.availability_zone or "",
+            # the zone asked for until a host is chosen, then the host's
+            "OS-EXT-AZ:availability_zone": (instance.availability_zone
+                                            or instance.requested_availability_zone or ""),
             "config_drive": instance.config_drive, "key_name": instance.key_name,
             "OS-SRV-USG:launched_at": iso_micro(instance.launched_at),
             "OS-SRV-USG:terminated_at": iso_micro(instance.terminated_at),
@@ -180,7 +182,7 @@ class ServerView:
         if v.at_least("2.9"):
             server["locked"] = instance.locked
         if v.at_least("2.16") and self.admin:
-            server["host_status"] = "UP" if instance.host else ""
+            server["host_status"] = self._host_status(instance.host)
         if v.at_least("2.19"):
             server["description"] = instance.description
         if v.at_least("2.26"):
@@ -195,6 +197,17 @@ class ServerView:
             self._fault(server, instance)
         return server
 
+    def _host_status(self, host: str | None) -> str:
+        """nova's host_status: the compute service as the API sees it."""
+        if not host:
+            return ""
+        service = self.nova.hosts.compute_service(host)
+        if service is None:
+            return "UNKNOWN"
+        if service.forced_down or not self.nova.bus_has(f"compute.{host}"):
+            return "DOWN"
+        return "MAINTENANCE" if service.disabled else "UP"
+
     def _fault(self, server: dict[str, Any], instance: Instance) -> None:
         with self.nova.database.session() as s:
             fault = self.nova.instances.latest_fault(s, instance.uuid)
@@ -203,7 +216,7 @@ class ServerView:
         shown: dict[str, Any] = {"code": fault.code, "created": iso(fault.created_at),
                                  "message": fault.message}
         # nova hides a 500 fault's details from non-admins
-        if self.admin or fault.code != 500:
+        if fault.details and (self.admin or fault.code != 500):
             shown["details"] = fault.details
         server["fault"] = shown
 
@@ -273,11 +286,9 @@ def _matches(instance: Instance, filters: dict[str, str]) -> bool:
 def _listed(request: Request, nova: Any) -> list[Instance]:
     token = context(request)
     filters = _filters(request, token.is_admin)
-    if "status" in filters:
-        known = {s for s in STATUS_BY_VM_STATE.values()} | {
-            status_of("active", t) for t in ("rebooting", "rebooting_hard", "resize_prep")}
-        if not {s.strip().upper() for s in filters["status"].split(",")} & known:
-            return []
+    asked = {s.strip().upper() for s in filters.get("status", "").split(",") if s.strip()}
+    if asked and not asked & STATUSES:
+        return []
     query = select(Instance)
     all_projects = token.is_admin and as_bool(filters.get("all_tenants", "false") or "true")
     project = filters.get("project_id") or filters.get("tenant_id")
