@@ -3,8 +3,8 @@
 Each filter follows the nova filter of the same name (nova/scheduler/filters/);
 where nova only logs a debug line, ours returns the reason in plain words, for
 the hosts that pass as much as for those that do not. RamFilter and
-CoreFilter are the filters of 2013 that placement made redundant: deprecated in
-Stein (19.0.0) and removed in Victoria (22.0.0), kept here, marked historical,
+CoreFilter are the filters of 2013 that placement made redundant (Pike): deprecated in
+Stein (19.0.0) and removed in Train (20.0.0), kept here, marked historical,
 so a notebook can put then and now side by side.
 """
 
