@@ -143,6 +143,21 @@ def issue_token(http: httpx.Client) -> Callable[..., str]:
 
 
 @pytest.fixture(scope="module")
+def demo_token(issue_token: Callable[..., str]) -> str:
+    return issue_token("demo", "demo")
+
+
+@pytest.fixture(scope="module")
+def alt_token(issue_token: Callable[..., str]) -> str:
+    return issue_token("alt_demo", "alt_demo")
+
+
+@pytest.fixture(scope="module")
+def admin_token(issue_token: Callable[..., str]) -> str:
+    return issue_token("admin", "admin")
+
+
+@pytest.fixture(scope="module")
 def openstack_cli(cloud: CloudInfo) -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run the real `openstack` CLI against the cloud; OS_CLOUD=labkit unless told otherwise.
 

@@ -276,21 +276,6 @@ def compute(token: str, version: str | None = None) -> dict[str, str]:
     return headers
 
 
-@pytest.fixture(scope="module")
-def demo_token(issue_token: Callable[..., str]) -> str:
-    return issue_token("demo", "demo")
-
-
-@pytest.fixture(scope="module")
-def alt_token(issue_token: Callable[..., str]) -> str:
-    return issue_token("alt_demo", "alt_demo")
-
-
-@pytest.fixture(scope="module")
-def admin_token(issue_token: Callable[..., str]) -> str:
-    return issue_token("admin", "admin")
-
-
 def test_compute_root_lists_versions_without_a_token(http: httpx.Client) -> None:
     for path in ("/compute", "/compute/"):
         r = http.get(path)

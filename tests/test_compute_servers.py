@@ -10,7 +10,7 @@ servers, the same quota usage, no allocation in placement.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -39,21 +39,6 @@ def compute(token: str, version: str | None = "2.79") -> dict[str, str]:
 def boot_body(name: str, flavor: str = NANO, image: str = IMAGE, **extra: Any) -> dict:
     return {"server": {"name": name, "flavorRef": flavor, "imageRef": image,
                        "networks": "none", **extra}}
-
-
-@pytest.fixture(scope="module")
-def demo_token(issue_token: Callable[..., str]) -> str:
-    return issue_token("demo", "demo")
-
-
-@pytest.fixture(scope="module")
-def alt_token(issue_token: Callable[..., str]) -> str:
-    return issue_token("alt_demo", "alt_demo")
-
-
-@pytest.fixture(scope="module")
-def admin_token(issue_token: Callable[..., str]) -> str:
-    return issue_token("admin", "admin")
 
 
 @pytest.fixture(scope="module")

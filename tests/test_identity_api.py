@@ -45,16 +45,6 @@ def keystone_error(response: httpx.Response, code: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def admin_token(issue_token: Callable[..., str]) -> str:
-    return issue_token("admin", "admin")
-
-
-@pytest.fixture(scope="module")
-def demo_token(issue_token: Callable[..., str]) -> str:
-    return issue_token("demo", "demo")
-
-
-@pytest.fixture(scope="module")
 def token_body(demo_conn: Connection) -> dict[str, Any]:
     access = demo_conn.session.auth.get_access(demo_conn.session)
     return access._data["token"]

@@ -101,11 +101,6 @@ def suffix() -> str:
 # -- fixtures -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def admin_token(issue_token: Callable[..., str]) -> str:
-    return issue_token("admin", "admin")
-
-
-@pytest.fixture(scope="module")
 def admin(http: httpx.Client, admin_token: str) -> Callable[..., httpx.Response]:
     """An HTTP request made with the admin's token."""
     def request(method: str, path: str, **kwargs: Any) -> httpx.Response:
