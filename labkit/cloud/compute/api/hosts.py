@@ -19,7 +19,7 @@ from starlette.routing import Route
 from labkit.cloud.compute.api.errors import BOOLEAN, as_bool, policy_check, validate
 from labkit.cloud.compute.api.microversion import version
 from labkit.cloud.compute.api.servers import iso_micro
-from labkit.cloud.compute.api.versions import limit_and_marker, next_links
+from labkit.cloud.compute.api.versions import next_links, page
 from labkit.cloud.compute.hosts import INTERNAL_ZONE, ComputeNode, Service
 from labkit.cloud.errors import BadRequest, ServiceError
 from labkit.cloud.http import context, read_json
@@ -119,13 +119,7 @@ def routes(nova: Any) -> list[Route]:
         pattern = request.query_params.get("hypervisor_hostname_pattern")
         if pattern:
             nodes = [n for n in nodes if pattern in n.hypervisor_hostname]
-        limit, marker = limit_and_marker(request)
-        if marker:
-            ids = [n.uuid for n in nodes]
-            if marker not in ids:
-                raise BadRequest(f"marker [{marker}] not found")
-            nodes = nodes[ids.index(marker) + 1:]
-        return nodes[:limit]
+        return page(request, nodes, lambda n: n.uuid)
 
     def _hypervisors(request: Request, detail: bool) -> Response:
         admin(request, "os_compute_api:os-hypervisors:list")

@@ -20,7 +20,7 @@ from starlette.routing import Route
 from labkit.cloud.bus import MessageContext
 from labkit.cloud.compute.api.errors import NAME, as_bool, validate
 from labkit.cloud.compute.api.microversion import APIVersion, version
-from labkit.cloud.compute.api.versions import limit_and_marker, next_links, resource_links
+from labkit.cloud.compute.api.versions import next_links, page, resource_links
 from labkit.cloud.compute.flavors import Flavors
 from labkit.cloud.compute.instances import STATUSES, Instance
 from labkit.cloud.compute.servers import CreateRequest, ServersAPI
@@ -323,13 +323,7 @@ def _listed(request: Request, nova: Any) -> list[Instance]:
     query = query.order_by(Instance.id.desc())
     with nova.database.session() as s:
         found = [i for i in s.scalars(query) if _matches(i, filters)]
-    limit, marker = limit_and_marker(request)
-    if marker:
-        ids = [i.uuid for i in found]
-        if marker not in ids:
-            raise BadRequest(f"marker [{marker}] not found")
-        found = found[ids.index(marker) + 1:]
-    return found[:limit]
+    return page(request, found, lambda i: i.uuid)
 
 
 def routes(nova: Any) -> list[Route]:

@@ -6,7 +6,8 @@ them to learn the microversion range before they authenticate.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from starlette.requests import Request
@@ -14,6 +15,8 @@ from starlette.responses import JSONResponse, Response
 
 from labkit.cloud.compute.api.microversion import MAX, MIN
 from labkit.cloud.errors import BadRequest
+
+T = TypeVar("T")
 
 MOUNT = "/compute"
 MEDIA_TYPE = "application/vnd.openstack.compute+json;version={}"
@@ -96,6 +99,17 @@ def limit_and_marker(request: Request) -> tuple[int, str | None]:
     if "limit" in request.query_params:
         limit = min(MAX_LIMIT, _int_param(request, "limit"))
     return limit, request.query_params.get("marker")
+
+
+def page(request: Request, items: list[T], key: Callable[[T], str]) -> list[T]:
+    """The page ?marker= and ?limit= ask for: the items after the marker, up to the limit."""
+    limit, marker = limit_and_marker(request)
+    if marker:
+        keys = [key(item) for item in items]
+        if marker not in keys:
+            raise BadRequest(f"marker [{marker}] not found")
+        items = items[keys.index(marker) + 1:]
+    return items[:limit]
 
 
 def next_links(request: Request, items: list[dict[str, Any]], collection: str,
