@@ -10,6 +10,7 @@ LABKIT_FOREIGN=1 run.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,10 @@ class CurrentEnvKernelSpecs(KernelSpecManager):
     def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
         if kernel_name == CURRENT_ENV:
             return KernelSpec(
-                argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                # absolute: the kernel starts in the notebook's folder, and sys.executable
+                # is relative when this script was found through a relative PATH entry
+                argv=[os.path.abspath(sys.executable), "-m", "ipykernel_launcher", "-f",
+                      "{connection_file}"],
                 display_name="Python 3 (labkit)", language="python")
         return super().get_kernel_spec(kernel_name)
 
