@@ -8,6 +8,7 @@ switched on by `version(request).at_least("2.NN")` in the handlers.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -45,11 +46,17 @@ class APIVersion:
     def at_least(self, other: str | APIVersion) -> bool:
         """Does this request see the change made in microversion `other`?"""
         if isinstance(other, str):
-            other = APIVersion.parse(other)
+            other = _parsed(other)
         return self >= other
 
     def __str__(self) -> str:
         return f"{self.major}.{self.minor}"
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(text: str) -> APIVersion:
+    """The versions handlers compare against are a few literals: parse each once."""
+    return APIVersion.parse(text)
 
 
 MIN = APIVersion(*MIN_VERSION)
