@@ -56,6 +56,12 @@ class PayloadTooLarge(ServiceError):
     default_message = "Request is too large."
 
 
+class NotAcceptable(ServiceError):
+    status = 406
+    title = "Not Acceptable"
+    default_message = "The requested microversion is not supported."
+
+
 class Conflict(ServiceError):
     status = 409
     title = "Conflict"

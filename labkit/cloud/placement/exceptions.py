@@ -27,12 +27,6 @@ DEFAULT_CODE = "placement.undefined_code"
 MICROVERSION_KEY = "placement.microversion"  # where the request's microversion is kept
 
 
-class NotAcceptable(ServiceError):
-    status = 406
-    title = "Not Acceptable"
-    default_message = "The requested microversion is not supported."
-
-
 class ConcurrentUpdate(Conflict):
     """A generation did not match: someone else changed the provider or consumer first."""
 

@@ -21,14 +21,20 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from labkit.cloud.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, ServiceError
+from labkit.cloud.errors import (
+    BadRequest,
+    Forbidden,
+    MethodNotAllowed,
+    NotAcceptable,
+    NotFound,
+    ServiceError,
+)
 from labkit.cloud.http import context, read_json
 from labkit.cloud.placement.capacity import Inventory
 from labkit.cloud.placement.exceptions import (
     MICROVERSION_KEY,
     DuplicateName,
     DuplicateQueryParam,
-    NotAcceptable,
     error_response,
     exception_handlers,
 )

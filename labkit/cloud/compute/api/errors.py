@@ -24,14 +24,6 @@ KINDS = {400: "badRequest", 401: "unauthorized", 403: "forbidden", 404: "itemNot
          503: "serviceUnavailable"}
 
 
-class NotAcceptable(ServiceError):
-    """A microversion outside what this API serves: nova answers 406."""
-
-    status = 406
-    title = "Not Acceptable"
-    default_message = "The requested version is not supported."
-
-
 class OverLimit(ServiceError):
     """413 overLimit: nova's OverQuota where it is not turned into a 403 (e.g. metadata items)."""
 

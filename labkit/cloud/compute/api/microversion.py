@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from labkit.cloud.compute.api.errors import NotAcceptable, error_response
-from labkit.cloud.errors import BadRequest, ServiceError
+from labkit.cloud.compute.api.errors import error_response
+from labkit.cloud.errors import BadRequest, NotAcceptable, ServiceError
 
 MIN_VERSION = (2, 1)
 MAX_VERSION = (2, 79)
