@@ -22,10 +22,6 @@ from labkit.cloud.errors import Conflict, NotFound
 if TYPE_CHECKING:
     from labkit.cloud.compute.service import ComputeService
 
-SPEC_FIELDS = ("flavor", "instance_uuid", "project_id", "image", "availability_zone", "group",
-               "scheduler_hints", "ignore_hosts", "num_instances")
-
-
 class SchedulerManager:
     component = "nova-scheduler"
     topic = "scheduler"
@@ -113,8 +109,7 @@ class SchedulerManager:
 
     def _spec(self, request_spec: dict[str, Any], uuid: str,
               chosen_so_far: list[str]) -> RequestSpec:
-        data = {k: v for k, v in request_spec.items() if k in SPEC_FIELDS}
-        data["instance_uuid"] = uuid
+        data = {**request_spec, "instance_uuid": uuid}
         group = data.get("group")
         if group:
             # members placed earlier in this same request count, as nova's scheduler

@@ -27,7 +27,7 @@ from labkit.cloud.compute.manager import ComputeManager
 from labkit.cloud.compute.network import NetworkAPI, NoNetwork
 from labkit.cloud.compute.quotas import Quotas
 from labkit.cloud.compute.scheduler.request import RequestSpec
-from labkit.cloud.compute.scheduler_manager import SPEC_FIELDS, SchedulerManager
+from labkit.cloud.compute.scheduler_manager import SchedulerManager
 from labkit.cloud.compute.server_groups import ServerGroups
 from labkit.cloud.compute.states import set_state
 from labkit.cloud.db import Database
@@ -142,8 +142,7 @@ class ComputeService:
     @staticmethod
     def resources_of(request_spec: dict[str, Any]) -> dict[str, int]:
         """What one instance of the request asks placement for (VCPU, MEMORY_MB, DISK_GB)."""
-        spec = {k: v for k, v in request_spec.items() if k in SPEC_FIELDS}
-        return RequestSpec.from_dict(spec).resources()
+        return RequestSpec.from_dict(request_spec).resources()
 
     def claim_on(self, ctx: MessageContext, source: str, instance_uuid: str, host: str,
                  resources: dict[str, int]) -> None:

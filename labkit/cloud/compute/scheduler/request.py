@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -114,4 +114,7 @@ class RequestSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RequestSpec:
-        return cls(**data)
+        """The fields the scheduler reads; nova's request spec carries more (the
+        requested networks, for one), which are left aside."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
