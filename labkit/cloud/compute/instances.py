@@ -179,13 +179,15 @@ class Instances:
             raise NotFound(f"Instance {uuid} could not be found.")
         return instance
 
-    def update(self, uuid: str, **values: Any) -> Instance:
+    def update(self, uuid: str, **values: Any) -> tuple[Instance, dict[str, Any]]:
+        """Write `values`; the instance as it now is, and what those fields held before."""
         with self.db.session() as s:
             instance = self.get(s, uuid, include_deleted=True)
+            before = {key: getattr(instance, key) for key in values}
             for key, value in values.items():
                 setattr(instance, key, value)
             instance.updated_at = time.time()
-            return instance
+            return instance, before
 
     def start_action(self, session: Session, instance_uuid: str, action: str,
                      request_id: str, user_id: str, project_id: str) -> None:

@@ -21,12 +21,9 @@ def set_state(trace: Trace, instances: Instances, ctx: MessageContext, uuid: str
 
     The summary names what changed (all three on the first record of an instance).
     """
-    with instances.db.session() as s:
-        row = instances.get(s, uuid, include_deleted=True)
-        before = {name: getattr(row, name) for name in STATE_FIELDS}
-    instance = instances.update(uuid, **values)
+    instance, before = instances.update(uuid, **values)
     state = {name: getattr(instance, name) for name in STATE_FIELDS}
-    changed = {k: v for k, v in state.items() if before[k] != v} if values else {}
+    changed = {k: v for k, v in state.items() if before.get(k, v) != v}
     # the first record of an instance, or a change of host alone, shows all three
     shown = " ".join(f"{k}={v}" for k, v in (changed or state).items())
     trace.record(TraceEvent(
