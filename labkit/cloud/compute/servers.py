@@ -252,7 +252,8 @@ class ServersAPI:
 
     # -- life-cycle actions
 
-    def _instance(self, ctx: MessageContext, uuid: str) -> Instance:
+    def instance(self, ctx: MessageContext, uuid: str) -> Instance:
+        """The instance as this caller may see it: NotFound for another project's."""
         with self.nova.database.session() as s:
             return self.nova.instances.get(s, uuid, None if ctx.is_admin else ctx.project_id)
 
@@ -289,17 +290,17 @@ class ServersAPI:
                            instance_uuid=instance.uuid, **kwargs)
 
     def stop(self, ctx: MessageContext, uuid: str) -> None:
-        instance = self._instance(ctx, uuid)
+        instance = self.instance(ctx, uuid)
         self._check(ctx, "stop", instance, ("active", "error"))
         self._act(ctx, instance, "stop", "powering-off", "stop_instance")
 
     def start(self, ctx: MessageContext, uuid: str) -> None:
-        instance = self._instance(ctx, uuid)
+        instance = self.instance(ctx, uuid)
         self._check(ctx, "start", instance, ("stopped",))
         self._act(ctx, instance, "start", "powering-on", "start_instance")
 
     def reboot(self, ctx: MessageContext, uuid: str, reboot_type: str) -> None:
-        instance = self._instance(ctx, uuid)
+        instance = self.instance(ctx, uuid)
         if reboot_type == "HARD":
             self._check(ctx, "reboot", instance, ("active", "stopped", "error"),
                         ALLOW_HARD_REBOOT)
@@ -310,7 +311,7 @@ class ServersAPI:
 
     def delete(self, ctx: MessageContext, uuid: str) -> None:
         nova = self.nova
-        instance = self._instance(ctx, uuid)
+        instance = self.instance(ctx, uuid)
         if instance.locked and not ctx.is_admin:
             raise Conflict(f"Instance {instance.uuid} is locked")
         if instance.task_state == "deleting":
@@ -328,6 +329,6 @@ class ServersAPI:
                       instance_uuid=uuid)
 
     def update(self, ctx: MessageContext, uuid: str, values: dict[str, Any]) -> None:
-        instance = self._instance(ctx, uuid)
+        instance = self.instance(ctx, uuid)
         # a rename keeps the hostname: nova changes it only when asked (2.90's "hostname")
         self.nova.instances.update(instance.uuid, **values)

@@ -381,10 +381,7 @@ def routes(nova: Any) -> list[Route]:
                             headers={"Location": shown["links"][0]["href"]})
 
     def _one(request: Request) -> Instance:
-        ctx = _ctx(request)
-        with nova.database.session() as s:
-            return nova.instances.get(s, request.path_params["server_id"],
-                                      None if ctx.is_admin else ctx.project_id)
+        return servers.instance(_ctx(request), request.path_params["server_id"])
 
     async def show(request: Request) -> Response:
         return JSONResponse({"server": ServerView(request, nova).full(_one(request))})
