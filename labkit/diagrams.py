@@ -607,3 +607,198 @@ def sequence(events: Iterable[Any], hide: Sequence[str] = ("labkit-inspector",),
     """The sequence picture of any request's trace: API calls, token checks, RPC messages
     (casts, calls and their replies), calls to placement and state changes."""
     return token_flow(events, hide=hide, title=title)
+
+
+# -- the port wiring of each host ------------------------------------------------------------
+
+OVS_FILL = SERVICE_FILL
+LINUX_FILL = "#fff4d6"        # linux bridges and the iptables that act on them
+LINUX_LINE = KEYSTONE_LINE
+NS_FILL = PLACEMENT_FILL      # network namespaces
+NS_LINE = PLACEMENT_LINE
+TUNNEL = "#2f6f4f"
+
+
+def _wid(*parts: str) -> str:
+    """A graphviz node id from host and device names."""
+    return "_".join(p.replace("-", "_").replace(".", "_") for p in parts)
+
+
+def _cell(port: str, title: str, *lines: str, bold: bool = True) -> str:
+    text = f"<b>{_esc(title)}</b>" if bold else _esc(title)
+    text += "".join(f'<br/><font point-size="9" color="{MUTED}">{_esc(line)}</font>'
+                    for line in lines if line)
+    return f'<td port="{port}" align="center" balign="center">{text}</td>'
+
+
+def _box(title: str, note: str, cells: list[str], rows: Sequence[str] = (),
+         fill: str = "white", line: str = MUTED) -> str:
+    width = max(len(cells), 1)
+    head = (f'<tr><td colspan="{width}" align="left"><b>{_esc(title)}</b>'
+            + (f'  <font point-size="9" color="{MUTED}">{_esc(note)}</font>' if note else "")
+            + "</td></tr>")
+    body = f"<tr>{''.join(cells)}</tr>" if cells else ""
+    extra = "".join(f'<tr><td colspan="{width}" align="left"><font face="{MONO}" '
+                    f'point-size="9">{_esc(row)}</font></td></tr>' for row in rows)
+    return (f'<<table border="1" cellborder="1" cellspacing="0" cellpadding="4" '
+            f'bgcolor="{fill}" color="{line}">{head}{body}{extra}</table>>')
+
+
+def _net(network_id: str | None, names: Mapping[str, str]) -> str:
+    if not network_id:
+        return ""
+    return names.get(network_id) or network_id[:8]
+
+
+def _host_order(wirings: Mapping[str, Any], hosts: Sequence[str] | None) -> list[str]:
+    if hosts is not None:
+        return [h for h in hosts if h in wirings]
+    # compute hosts on the left, the network node on the right, as the guides draw them
+    return sorted(wirings, key=lambda h: (wirings[h].role == "network", h))
+
+
+def wiring(host_wirings: Mapping[str, Any] | Iterable[Any], hosts: Sequence[str] | None = None,
+           networks: Mapping[str, str] | None = None) -> graphviz.Digraph:
+    """Each host's port wiring side by side: VM → tap → qbr → qvb/qvo → br-int (local VLAN
+    tags) → patch → br-tun → a tunnel to each peer; on the network node the qdhcp and
+    qrouter namespaces and br-ex.
+
+    `host_wirings` is `wire(topology)` (or its values), or the inspection API's JSON for
+    each host. `hosts` picks and orders the hosts; `networks` maps network ids to names
+    for the labels.
+    """
+    from labkit.cloud.network.wiring import HostWiring
+
+    items = host_wirings.values() if isinstance(host_wirings, Mapping) else host_wirings
+    wirings = {w.host: w for w in (HostWiring.from_dict(i) if isinstance(i, Mapping) else i
+                                   for i in items)}
+    names = dict(networks or {})
+    order = _host_order(wirings, hosts)
+    graph = graphviz.Digraph("wiring", graph_attr={
+        "rankdir": "TB", "fontname": FONT, "nodesep": "0.25", "ranksep": "0.45",
+        "bgcolor": "transparent", "newrank": "true", "size": "14,12"})
+    graph.attr("node", fontname=FONT, fontsize="10", shape="plaintext", margin="0")
+    graph.attr("edge", fontname=FONT, fontsize="9", color=MUTED, fontcolor=MUTED,
+               arrowsize="0.6", dir="none")
+    if not order:
+        graph.node("empty", "no host with an Open vSwitch agent to draw", fontcolor=MUTED)
+        return graph
+    for host in order:
+        _draw_host(graph, wirings[host], names)
+    # br-int and br-tun of every host on one level, hosts left to right in `order`
+    for bridge in ("br_int", "br_tun"):
+        row = [_wid(h, bridge) for h in order if wirings[h].bridge(bridge.replace("_", "-"))]
+        with graph.subgraph() as level:
+            level.attr(rank="same")
+            for node in row:
+                level.node(node)
+        for left, right in zip(row, row[1:], strict=False):
+            graph.edge(left, right, style="invis", weight="10")
+    # one tunnel per pair of drawn hosts, between their br-tun ports
+    for i, a in enumerate(order):
+        for b in order[i + 1:]:
+            wa, wb = wirings[a], wirings[b]
+            pa, pb = wa.tunnel_port(b), wb.tunnel_port(a)
+            if pa is None or pb is None:
+                continue
+            graph.edge(f"{_wid(a, 'br_tun')}:{_wid('p', pa.name)}",
+                       f"{_wid(b, 'br_tun')}:{_wid('p', pb.name)}",
+                       label=f" {pa.type.upper()} {wa.local_ip} ↔ {wb.local_ip} ",
+                       color=TUNNEL, fontcolor=TUNNEL, style="dashed", penwidth="1.6",
+                       constraint="false")
+    return graph
+
+
+def _draw_host(graph: graphviz.Digraph, hw: Any, names: Mapping[str, str]) -> None:
+    host = hw.host
+    with graph.subgraph(name=f"cluster_{_wid(host)}") as c:
+        c.attr(label=f"{host} ({hw.role}, tunnel address {hw.local_ip})", fontname=FONT,
+               fontsize="12", style="rounded,dashed", color=MUTED, fontcolor="black",
+               labeljust="l")
+        br_int = hw.bridge("br-int")
+        int_id = _wid(host, "br_int")
+        cells = []
+        for port in sorted(br_int.ports, key=lambda p: (p.type == "patch", p.ofport)):
+            if port.name == "br-int":
+                continue
+            note = f"tag {port.tag}" if port.tag is not None else (
+                f"→ {port.options.get('peer', '')}" if port.type == "patch" else "")
+            cells.append(_cell(_wid("p", port.name), port.name, note,
+                               _net(port.network_id, names)))
+        vlans = [f"VLAN {tag} = {_net(net, names)}" for net, tag in hw.local_vlans.items()]
+        c.node(int_id, _box("br-int", "integration bridge: one local VLAN per network",
+                            cells, ["; ".join(vlans)] if vlans else [], OVS_FILL,
+                            SERVICE_LINE))
+
+        # the VMs: instance → tap → qbr (iptables) → qvb ─veth─ qvo on br-int
+        for vif in hw.vifs:
+            vm = _wid(host, "vm", vif.port_id[:8])
+            c.node(vm, f"<<b>VM</b> port {_esc(vif.port_id[:8])}<br/>"
+                       f'<font point-size="9">{_esc(", ".join(vif.fixed_ips))}<br/>'
+                       f"{_esc(vif.mac_address)} · {_esc(_net(vif.network_id, names))}"
+                       "</font>>", shape="box", style="rounded,filled", fillcolor=CLIENT_FILL,
+                   color=MUTED, margin="0.1,0.05")
+            qbr = _wid(host, "qbr", vif.port_id[:8])
+            rule_note = (f"iptables: neutron-openvswi-[ios]{vif.port_id[:10]}"
+                         if vif.chains else "port security off: no chains")
+            c.node(qbr, _box(vif.qbr, "linux bridge",
+                             [_cell("tap", vif.tap, "the VM's NIC"),
+                              _cell("qvb", vif.qvb, "veth end")],
+                             [rule_note], LINUX_FILL, LINUX_LINE))
+            c.edge(vm, f"{qbr}:tap:n")
+            c.edge(f"{qbr}:qvb:s", f"{int_id}:{_wid('p', vif.qvo)}:n", label=" veth ")
+
+        # namespaces on the network node
+        for ns in hw.namespaces:
+            ns_id = _wid(host, ns.name[:14])
+            cells = [_cell(_wid("d", d.name), d.name, ", ".join(d.addresses)) for d in ns.devices]
+            rows: list[str] = []
+            if ns.kind == "dhcp":
+                rows = [f"dnsmasq: {len(ns.dhcp_hosts)} host entries"]
+                title, note = f"qdhcp-{ns.network_id[:8]}…", _net(ns.network_id, names)
+            else:
+                nat = ns.table("nat")
+                for rule in (nat.rules if nat else ()):
+                    if rule.target == "DNAT" and rule.chain.endswith("PREROUTING"):
+                        rows.append(f"DNAT {rule.destination} → {rule.target_args.split()[-1]}")
+                    elif rule.target == "SNAT" and rule.out_interface:
+                        rows.append(f"SNAT out {rule.out_interface} → "
+                                    f"{rule.target_args.split()[-1]}")
+                    elif rule.target == "REDIRECT":
+                        rows.append(f"{rule.destination}:80 → metadata proxy :9697")
+                title, note = f"qrouter-{(ns.router_id or '')[:8]}…", "router namespace"
+            c.node(ns_id, _box(title, note, cells, rows, NS_FILL, NS_LINE))
+            for d in ns.devices:
+                c.edge(f"{ns_id}:{_wid('d', d.name)}:s", f"{int_id}:{_wid('p', d.name)}:n")
+
+        # provider bridges (br-ex) above br-int
+        for bridge in hw.bridges:
+            if bridge.name in ("br-int", "br-tun"):
+                continue
+            b_id = _wid(host, bridge.name)
+            cells = [_cell(_wid("p", p.name), p.name,
+                           f"→ {p.options.get('peer', '')}" if p.type == "patch" else "")
+                     for p in bridge.ports if p.name != bridge.name]
+            c.node(b_id, _box(bridge.name, "to the physical network", cells, [],
+                              CHOSEN_FILL, PASSED))
+            for p in bridge.ports:
+                peer = p.options.get("peer")
+                if p.type == "patch" and peer and br_int.port(peer):
+                    c.edge(f"{b_id}:{_wid('p', p.name)}:s", f"{int_id}:{_wid('p', peer)}:n",
+                           label=" patch ")
+
+        br_tun = hw.bridge("br-tun")
+        if br_tun is not None:
+            tun_id = _wid(host, "br_tun")
+            cells = [_cell(_wid("p", p.name), p.name,
+                           f"→ {p.peer_host} {p.remote_ip}" if p.peer_host else
+                           f"→ {p.options.get('peer', '')}")
+                     for p in sorted(br_tun.ports, key=lambda p: p.ofport)
+                     if p.name != "br-tun"]
+            maps = [f"{f.match.split('=')[1]} → VLAN {f.actions.split(',')[0].split(':')[1]}"
+                    for f in br_tun.flows if f.match.startswith("tun_id=")]
+            c.node(tun_id, _box("br-tun", "tunnel bridge: local VLAN ↔ tunnel id",
+                                cells, ["tunnel id → local VLAN: " + ", ".join(maps)]
+                                if maps else [], OVS_FILL, SERVICE_LINE))
+            c.edge(f"{int_id}:{_wid('p', 'patch-tun')}:s", f"{tun_id}:{_wid('p', 'patch-int')}:n",
+                   label=" patch ")

@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from openstack.connection import Connection
 
 from labkit.cloud.settings import env_flag
 from labkit.connect import connect, is_embedded
+
+if TYPE_CHECKING:
+    from labkit.cloud.network.topology import Topology
+    from labkit.cloud.network.wiring import HostWiring
+
+OPERATOR_VIEWS = ("ovs-vsctl show", "ovs-ofctl dump-flows br-tun", "brctl show", "ip netns",
+                  "iptables-save")
 
 
 class Hidden:
@@ -101,6 +108,54 @@ class Rows(list):
             + "</tr>" for r in self)
         return (f"<p><code>{html.escape(self.title)}</code></p><table><thead><tr>{head}</tr>"
                 f"</thead><tbody>{body}</tbody></table>")
+
+
+class Commands(dict):
+    """Operator commands and what they print on one host, shown like a terminal session."""
+
+    def __init__(self, host: str, outputs: dict[str, str]) -> None:
+        super().__init__(outputs)
+        self.host = host
+
+    def __repr__(self) -> str:
+        return "\n".join(f"root@{self.host}:~# {command}\n{output}"
+                         for command, output in self.items())
+
+    def _repr_html_(self) -> str:
+        return "".join(f"<p><code>root@{html.escape(self.host)}:~# {html.escape(command)}"
+                       f"</code></p><pre>{html.escape(output)}</pre>"
+                       for command, output in self.items())
+
+
+class Walk(list):
+    """A packet walk's hops, shown as numbered steps with the rule that decided each."""
+
+    def __repr__(self) -> str:
+        from labkit.cloud.network.walk import format_walk
+
+        return format_walk(list(self)) if self else "No hops."
+
+    def _repr_html_(self) -> str:
+        rows = []
+        for n, hop in enumerate(self, start=1):
+            tags = ", ".join(t for t in (f"VLAN {hop.vlan}" if hop.vlan is not None else "",
+                                         f"tunnel {hop.tunnel_id:#x}"
+                                         if hop.tunnel_id is not None else "") if t)
+            color = {"drop": "#b22222", "deliver": "#1a7f37"}.get(hop.verdict, "inherit")
+            detail = html.escape(hop.what)
+            if hop.nat:
+                detail += f"<br/><b>NAT</b> {html.escape(hop.nat)}"
+            if hop.rule:
+                detail += "".join(f"<br/><code>{html.escape(line)}</code>"
+                                  for line in hop.rule.splitlines())
+            rows.append(f"<tr><td>{n}</td><td>{html.escape(hop.host or 'outside')}</td>"
+                        f"<td><code>{html.escape(hop.device)}</code></td><td>{tags}</td>"
+                        f"<td>{html.escape(hop.src)} &rarr; {html.escape(hop.dst)}</td>"
+                        f"<td style='color:{color}'>{hop.verdict}</td>"
+                        f"<td style='text-align:left'>{detail}</td></tr>")
+        return ("<table><thead><tr><th>#</th><th>host</th><th>device</th><th>tag</th>"
+                "<th>packet</th><th>verdict</th><th style='text-align:left'>what happens</th>"
+                f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
 class Inspector:
@@ -196,6 +251,69 @@ class Inspector:
                           "openstack resource provider list; openstack resource provider "
                           "usage show <uuid>")
         return self._get("/scheduler/hosts")
+
+    def wiring(self, host: str) -> HostWiring | Hidden:
+        """What neutron's agents set up on `host`: bridges and ports with their VLAN tags,
+        br-tun's flows, the qbr bridges, iptables chains, namespaces."""
+        if not self.available:
+            return Hidden(f"the port wiring on {host}", "Neutron's API shows ports and their "
+                          "binding, not the devices the agents made. " + self.reason,
+                          "; ".join(OPERATOR_VIEWS))
+        from labkit.cloud.network.wiring import HostWiring
+
+        return HostWiring.from_dict(self._get(f"/network/hosts/{host}")["wiring"])
+
+    def topology(self) -> Topology | Hidden:
+        """Neutron's state as the agents see it (networks, ports and their hosts, routers,
+        floating IPs, local VLANs): what `labkit.networking` computes "what if" from."""
+        if not self.available:
+            return Hidden("the agents' view of the networks", self.reason,
+                          "openstack port list --long; openstack network agent list")
+        from labkit.cloud.network.topology import topology_from_dict
+
+        return topology_from_dict(self._get("/network/topology")["topology"])
+
+    def wirings(self) -> dict[str, HostWiring] | Hidden:
+        """`wiring()` of every host with an Open vSwitch agent, by host name (what
+        `labkit.diagrams.wiring` draws)."""
+        if not self.available:
+            return Hidden("the port wiring of the hosts", self.reason,
+                          "openstack network agent list --agent-type open-vswitch; then on "
+                          "each host: " + "; ".join(OPERATOR_VIEWS))
+        from labkit.cloud.network.wiring import HostWiring
+
+        hosts = self._get("/network/hosts")["hosts"]
+        return {h["host"]: HostWiring.from_dict(self._get(f"/network/hosts/{h['host']}")
+                                                ["wiring"]) for h in hosts}
+
+    def host_commands(self, host: str) -> Commands | Hidden:
+        """What `ovs-vsctl show`, `ovs-ofctl dump-flows br-tun`, `brctl show`, `ip netns`,
+        `ip netns exec … ip addr` and `iptables-save` print on `host`."""
+        if not self.available:
+            return Hidden(f"the operator's view of {host}", self.reason,
+                          f"ssh {host}, then: " + "; ".join(OPERATOR_VIEWS))
+        data = self._get(f"/network/hosts/{host}/commands")
+        return Commands(data["host"], data["commands"])
+
+    def packet_walk(self, port_id: str | None, destination: str, protocol: str = "icmp",
+                    port: int | None = None, source_ip: str | None = None) -> Walk | Hidden:
+        """The hops of a packet from a port (or from `source_ip` outside the cloud, with
+        `port_id=None`) to `destination`: devices, VLAN tags, tunnel ids, NAT, and the
+        security group rule that accepts it or the point where it is dropped."""
+        if not self.available:
+            if port_id:
+                operator = (f"tcpdump -eni tap{port_id[:11]} host {destination}; "
+                            f"ovs-appctl ofproto/trace br-int in_port=qvo{port_id[:11]},"
+                            f"{protocol},nw_dst={destination}")
+            else:
+                operator = (f"ip netns exec qrouter-<router id> tcpdump -ni qg-<gateway port> "
+                            f"host {destination}")
+            return Hidden("the path a packet takes through the wiring", self.reason, operator)
+        from labkit.cloud.network.walk import Hop
+
+        data = self._get("/network/walk", port_id=port_id, destination=destination,
+                         protocol=protocol, port=port, source_ip=source_ip)
+        return Walk(Hop(**hop) for hop in data["hops"])
 
 
 def inspector(conn: Connection) -> Inspector:

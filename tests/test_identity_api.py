@@ -25,7 +25,7 @@ UNAUTHORIZED = {"error": {"code": 401, "title": "Unauthorized",
                           "message": "The request you have made requires authentication."}}
 # what the embedded cloud serves so far; data/catalog.yaml lists more, and the cloud
 # leaves out of its catalog what nobody answers
-CATALOG_TYPES = {"identity", "compute", "image", "placement"}
+CATALOG_TYPES = {"identity", "compute", "network", "image", "placement"}
 TOKENS = "/identity/v3/auth/tokens"
 
 

@@ -25,6 +25,7 @@ from labkit.cloud.ids import IdSource
 from labkit.cloud.image import ImageService
 from labkit.cloud.inspection import build_inspection_app, never_anonymous
 from labkit.cloud.middleware import TokenMiddleware, TraceMiddleware
+from labkit.cloud.network import NetworkService
 from labkit.cloud.placement import PlacementService
 from labkit.cloud.service import Service
 from labkit.cloud.settings import CloudSettings
@@ -45,15 +46,18 @@ class Cloud:
         self.identity = IdentityBackend(
             self.identity_db, FernetTokens(home / "fernet-keys", self.ids), self.ids,
             bcrypt_rounds=settings.bcrypt_rounds, token_ttl=settings.token_ttl)
-        served = ("/identity", ImageService.path, PlacementService.path, ComputeService.path)
+        served = ("/identity", ImageService.path, PlacementService.path, NetworkService.path,
+                  ComputeService.path)
         bootstrap(self.identity, settings.lab, base_url, served)
         self.bus = MessageBus(self.trace)
-        # order matters: nova talks to glance and placement
+        # order matters: nova talks to glance, placement and neutron
         self.image = ImageService(self)
         self.placement = PlacementService(self)
+        self.network = NetworkService(self)
         self.compute = ComputeService(self)
         self.mounted: dict[str, Service] = {
-            "image": self.image, "placement": self.placement, "compute": self.compute}
+            "image": self.image, "placement": self.placement, "network": self.network,
+            "compute": self.compute}
         self.services = {"keystone": "/identity", "labkit-inspector": "/labkit/v1"}
         self.services.update({s.name: s.path for s in self.mounted.values()})
 
@@ -109,7 +113,10 @@ def build_app(cloud: Cloud, on_stop: Callable[[], None] | None = None) -> TraceM
         Mount("/labkit/v1", app=cloud.protected(build_inspection_app(cloud), "labkit-inspector",
                                                 never_anonymous)),
     ])
-    return TraceMiddleware(app, cloud.trace, cloud.ids)
+    traced = TraceMiddleware(app, cloud.trace, cloud.ids)
+    # the services' own clients (labkit.cloud.service_client) call the cloud through it
+    cloud.app = traced  # type: ignore[attr-defined]
+    return traced
 
 
 def service_routes(cloud: Cloud) -> list[Route | Mount]:

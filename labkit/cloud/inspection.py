@@ -1,7 +1,7 @@
 """The admin-only inspection API under /labkit/v1/: what the public APIs cannot show.
 
-The trace, a token's insides, and the database rows, read from the same
-objects the cloud runs on. `labkit.inspect` is its client.
+The trace, a token's insides, the database rows and each host's port wiring, read
+from the same objects the cloud runs on. `labkit.inspect` is its client.
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ from labkit.cloud.compute.instances import InstanceAction
 from labkit.cloud.errors import BadRequest, Forbidden, NotFound
 from labkit.cloud.http import context, read_json
 from labkit.cloud.identity.exceptions import TokenNotFound, exception_handlers
+from labkit.cloud.network import render as network_render
+from labkit.cloud.network.topology import Topology, topology_to_dict
+from labkit.cloud.network.walk import PROTOCOLS, format_walk, packet_walk
+from labkit.cloud.network.wiring import HostWiring, wire
 
 if TYPE_CHECKING:
     from labkit.cloud.app import Cloud
@@ -139,8 +143,79 @@ def build_inspection_app(cloud: Cloud) -> Starlette:
         return JSONResponse({"hosts": [h.to_dict() for h in scheduler.host_states()],
                              "config": scheduler.config.to_dict()})
 
+    # -- the port wiring, computed from neutron's model (labkit.cloud.network.wiring)
+
+    def topology() -> Topology:
+        network = getattr(cloud, "network", None)
+        if network is None:
+            raise NotFound("This cloud runs no networking service.")
+        return network.neutron.topology()
+
+    def host_wiring(request: Request) -> HostWiring:
+        name = request.path_params["host"]
+        found = wire(topology()).get(name)
+        if found is None:
+            raise NotFound(f"No host {name!r} with an Open vSwitch agent.")
+        return found
+
+    async def network_hosts(request: Request) -> Response:
+        """The hosts with an OVS agent, and what each holds."""
+        admin(request)
+        return JSONResponse({"hosts": [{
+            "host": w.host, "role": w.role, "local_ip": w.local_ip,
+            "management_ip": w.management_ip, "bridges": [b.name for b in w.bridges],
+            "namespaces": [n.name for n in w.namespaces],
+            "ports": [v.port_id for v in w.vifs], "local_vlans": w.local_vlans,
+        } for w in wire(topology()).values()]})
+
+    async def network_topology(request: Request) -> Response:
+        """What the agents compute the wiring from: neutron's state as one snapshot."""
+        admin(request)
+        return JSONResponse({"topology": topology_to_dict(topology())})
+
+    async def network_host(request: Request) -> Response:
+        """One host's wiring as data: bridges, ports, flows, devices, rules, namespaces."""
+        admin(request)
+        return JSONResponse({"wiring": host_wiring(request).to_dict()})
+
+    async def network_host_commands(request: Request) -> Response:
+        """The same wiring as the text of the operator's commands on that host."""
+        admin(request)
+        found = host_wiring(request)
+        return JSONResponse({"host": found.host, "commands": network_render.commands(found)})
+
+    async def network_walk(request: Request) -> Response:
+        """A packet's hops from a port (or from outside, with source_ip) to an address."""
+        admin(request)
+        q = request.query_params
+        destination, protocol = q.get("destination"), q.get("protocol", "icmp")
+        if not destination:
+            raise BadRequest("destination is required: the address the packet is sent to.")
+        if protocol not in PROTOCOLS:
+            raise BadRequest(f"protocol must be one of {', '.join(PROTOCOLS)}.")
+        try:
+            port = int(q["port"]) if q.get("port") else None
+        except ValueError as exc:
+            raise BadRequest("port must be a whole number") from exc
+        port_id, source_ip = q.get("port_id") or None, q.get("source_ip") or None
+        if port_id is None and source_ip is None:
+            raise BadRequest("Give port_id (a VM's port) or source_ip (a sender outside).")
+        snapshot = topology()
+        if port_id is not None and all(p.id != port_id for p in snapshot.ports):
+            raise NotFound(f"Port {port_id} could not be found.")
+        try:
+            hops = packet_walk(snapshot, port_id, destination, protocol, port, source_ip)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from exc
+        return JSONResponse({"hops": [h.to_dict() for h in hops], "text": format_walk(hops)})
+
     return Starlette(routes=[
         Route("/", index, methods=["GET"]),
+        Route("/network/hosts", network_hosts, methods=["GET"]),
+        Route("/network/topology", network_topology, methods=["GET"]),
+        Route("/network/hosts/{host}", network_host, methods=["GET"]),
+        Route("/network/hosts/{host}/commands", network_host_commands, methods=["GET"]),
+        Route("/network/walk", network_walk, methods=["GET"]),
         Route("/servers/{server_id}/scheduling", scheduling, methods=["GET"]),
         Route("/servers/{server_id}/trace", server_trace, methods=["GET"]),
         Route("/scheduler/hosts", scheduler_hosts, methods=["GET"]),

@@ -9,8 +9,10 @@ in the trace, and hands the handlers the caller's token (user, project, roles).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,6 +35,14 @@ SERVICES = {
 
 
 PROBE_CALLER = "labkit (is it up?)"
+# The cloud's own services calling each other (labkit.cloud.service_client) send a
+# User-Agent "labkit-service/<component>": the trace names them, and their
+# X-OpenStack-Request-ID (the work they are part of, e.g. a server build) is kept.
+INTERNAL_AGENT = "labkit-service/"
+REQUEST_ID_FORMAT = re.compile(r"^req-[A-Za-z0-9_-]{1,60}$")
+# The request id of the request (or internal message) being handled right now, for code
+# that has no context to hand, such as a model listener sending a notification.
+current_request_id: ContextVar[str | None] = ContextVar("labkit_request_id", default=None)
 
 
 def service_for_path(path: str) -> str:
@@ -57,13 +67,21 @@ class TraceMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.time()
-        caller = _client_name(_header(scope, b"user-agent"))
-        # labkit's own probes draw from another stream, so however often the cloud was asked
-        # "are you up?", a notebook's requests get the same seeded ids
-        stream = "probe" if caller == PROBE_CALLER else "request"
-        info = RequestInfo(request_id=self.ids.request_id(stream),
-                           service=service_for_path(scope["path"]))
+        agent = _header(scope, b"user-agent")
+        caller = _client_name(agent)
+        inbound = _header(scope, b"x-openstack-request-id") or ""
+        if agent and agent.startswith(INTERNAL_AGENT):
+            # the services' own calls draw from a stream of their own too: they interleave
+            # with a reader's requests, and must not shift the ids those get
+            request_id = (inbound if REQUEST_ID_FORMAT.match(inbound)
+                          else self.ids.request_id("internal"))
+        else:
+            # labkit's own probes draw from another stream, so however often the cloud was
+            # asked "are you up?", a notebook's requests get the same seeded ids
+            request_id = self.ids.request_id("probe" if caller == PROBE_CALLER else "request")
+        info = RequestInfo(request_id=request_id, service=service_for_path(scope["path"]))
         scope["labkit.request"] = info
+        current = current_request_id.set(request_id)
         status = 500
 
         async def send_with_id(message: Message) -> None:
@@ -80,6 +98,7 @@ class TraceMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            current_request_id.reset(current)
             duration_ms = (time.time() - started) * 1000
             query = scope.get("query_string", b"").decode("latin-1")
             path = scope["path"] + (f"?{query}" if query else "")
@@ -103,6 +122,8 @@ class TraceMiddleware:
 
 def _client_name(user_agent: str | None) -> str:
     """A short name for the caller: openstacksdk, the openstack CLI, a browser, ..."""
+    if user_agent and user_agent.startswith(INTERNAL_AGENT):
+        return user_agent[len(INTERNAL_AGENT):]
     ua = (user_agent or "").lower()
     if "python-openstackclient" in ua or "osc-lib" in ua:
         return "openstack CLI"

@@ -106,6 +106,20 @@ class Instance(ComputeBase):
         return f"instance-{self.id:08x}"
 
 
+class InstanceInfoCache(ComputeBase):
+    """Nova's instance_info_caches: the instance's ports as nova last learnt them from
+    neutron (network info as JSON). The API's `addresses` are read from here, never
+    from neutron."""
+
+    __tablename__ = "instance_info_caches"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    instance_uuid: Mapped[str] = mapped_column(ForeignKey("instances.uuid"), unique=True,
+                                               index=True)
+    network_info: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
 class InstanceFault(ComputeBase):
     __tablename__ = "instance_faults"
 
@@ -236,6 +250,35 @@ class Instances:
             action.updated_at = now
             if error:
                 action.message = "Error"
+
+    def network_info(self, session: Session, instance_uuid: str) -> list[dict[str, Any]]:
+        """The instance's cached network info ([] before its ports are made)."""
+        row = session.scalar(select(InstanceInfoCache)
+                             .where(InstanceInfoCache.instance_uuid == instance_uuid))
+        return list(row.network_info) if row is not None else []
+
+    def network_infos(self, session: Session,
+                      instance_uuids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """The cached network info of many instances at once (a server listing)."""
+        if not instance_uuids:
+            return {}
+        rows = session.scalars(select(InstanceInfoCache)
+                               .where(InstanceInfoCache.instance_uuid.in_(instance_uuids)))
+        return {r.instance_uuid: list(r.network_info) for r in rows}
+
+    def set_network_info(self, instance_uuid: str, network_info: list[dict[str, Any]]) -> None:
+        """Replace the instance's cached network info (nova's
+        update_instance_cache_with_nw_info)."""
+        with self.db.session() as s:
+            row = s.scalar(select(InstanceInfoCache)
+                           .where(InstanceInfoCache.instance_uuid == instance_uuid))
+            if row is None:
+                s.add(InstanceInfoCache(instance_uuid=instance_uuid,
+                                        network_info=list(network_info),
+                                        updated_at=time.time()))
+            else:
+                row.network_info = list(network_info)
+                row.updated_at = time.time()
 
     def add_fault(self, instance_uuid: str, code: int, message: str, details: str = "",
                   host: str | None = None) -> None:

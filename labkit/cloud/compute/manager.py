@@ -2,8 +2,13 @@
 
 It builds an instance through the task states nova walks (networking,
 block_device_mapping, spawning) with its hypervisor driver, and stops, starts,
-reboots and deletes it. A build the driver cannot finish is sent back to the
-conductor, which retries on an alternate host.
+reboots and deletes it. A build the driver cannot finish, or whose port neutron
+cannot bind here, is sent back to the conductor, which retries on an alternate host.
+
+With a networking service, the build makes or binds the ports at "networking", plugs
+them (os-vif) before the spawn and waits for neutron's network-vif-plugged for each
+(nova's wait_for_instance_event); neutron's events reach it through nova-api's
+os-server-external-events (`external_instance_event`).
 
 As nova's compute manager does, it works on one instance at a time (a lock per
 instance), checks before each write that the task it is doing is still the one
@@ -21,7 +26,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from labkit.cloud.bus import MessageContext
+from labkit.cloud.compute import vif as os_vif
+from labkit.cloud.compute.instance_events import InstanceEvents
 from labkit.cloud.compute.instances import NOSTATE, RUNNING, SHUTDOWN, Instance
+from labkit.cloud.compute.network import NetworkAllocationFailed, PortBindingFailed
 from labkit.cloud.compute.states import set_state
 from labkit.cloud.errors import NotFound
 from labkit.cloud.trace import TraceEvent
@@ -38,6 +46,13 @@ class TaskChanged(Exception):
     """The instance is no longer in the task this operation was started for (deleted)."""
 
 
+class BuildAborted(Exception):
+    """nova's BuildAbortException: the build fails here and is not rescheduled."""
+
+
+PLUGGED = "network-vif-plugged"
+
+
 class ComputeManager:
     def __init__(self, nova: ComputeService, host: str, driver: Driver) -> None:
         self.nova = nova
@@ -48,6 +63,8 @@ class ComputeManager:
         # one operation at a time per instance; a lock lives while someone holds it
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary())
+        # what builds here wait for from neutron (network-vif-plugged per port)
+        self.events = InstanceEvents()
 
     def _lock(self, uuid: str) -> asyncio.Lock:
         lock = self._locks.get(uuid)
@@ -104,7 +121,7 @@ class ComputeManager:
                        node=node.hypervisor_hostname,
                        availability_zone=node.availability_zone, task_state=None)
             await self._build(ctx, uuid, request_spec)
-        except SpawnFailed as exc:
+        except (SpawnFailed, PortBindingFailed) as exc:
             # nova's build returns normally when it reschedules: the event says Success
             instances.finish_event(uuid, ctx.request_id, BUILD_EVENT)
             if await self._undo_build(ctx, uuid, reschedule=True):
@@ -118,8 +135,9 @@ class ComputeManager:
             instances.finish_event(uuid, ctx.request_id, BUILD_EVENT,
                                    error="the instance was deleted during the build")
             return
-        except Exception as exc:  # a driver or network failure nobody planned for
-            log.exception("build of %s on %s failed", uuid, self.host)
+        except Exception as exc:  # an abort, or a failure nobody planned for
+            if not isinstance(exc, BuildAborted):
+                log.exception("build of %s on %s failed", uuid, self.host)
             await self._undo_build(ctx, uuid, reschedule=False)
             instances.finish_event(uuid, ctx.request_id, BUILD_EVENT, error=str(exc),
                                    traceback=f"{type(exc).__name__}: {exc}")
@@ -133,8 +151,12 @@ class ComputeManager:
     async def _build(self, ctx: MessageContext, uuid: str, spec: dict[str, Any]) -> None:
         self._step(ctx, uuid, (None,), task_state="networking")
         await self._pause()
-        network_info = await self.nova.network.allocate_for_instance(
-            ctx, uuid, self.host, spec.get("requested_networks"))
+        try:
+            network_info = await self.nova.network.allocate_for_instance(
+                ctx, self._row(uuid), self.host, spec.get("requested_networks"))
+        except NetworkAllocationFailed as exc:
+            raise BuildAborted(f"Failed to allocate the network(s) with error {exc}, not "
+                               f"rescheduling.") from exc
         self._step(ctx, uuid, ("networking",), task_state="block_device_mapping")
         await self._pause()
         self._step(ctx, uuid, ("block_device_mapping",), task_state="spawning")
@@ -144,18 +166,64 @@ class ComputeManager:
                           memory_mb=flavor["memory_mb"], root_gb=flavor["root_gb"],
                           image=spec.get("image", {}), user_data=instance.user_data,
                           key_data=instance.key_data, network_info=network_info)
+        await self._plug_vifs(ctx, uuid, network_info)
         self._driver_call(ctx, f"spawn {guest.name}", vcpus=guest.vcpus,
                           memory_mb=guest.memory_mb)
         await self.driver.spawn(guest)
         self._step(ctx, uuid, ("spawning",), vm_state="active", task_state=None,
                    power_state=self.driver.power_state(uuid), launched_at=time.time())
 
+    def _event(self, ctx: MessageContext, uuid: str, summary: str, **detail: Any) -> None:
+        self.nova.trace.record(TraceEvent(
+            kind="event", source=self.component, target=self.component, summary=summary,
+            request_id=ctx.request_id, detail={"instance_uuid": uuid, **detail}))
+
+    async def _plug_vifs(self, ctx: MessageContext, uuid: str,
+                         network_info: list[dict[str, Any]]) -> None:
+        """Plug the ports (os-vif), then wait until neutron says each one is wired (its
+        network-vif-plugged event): the libvirt driver's _create_guest_with_network.
+        Only ports not yet ACTIVE are waited for; no word within vif_plugging_timeout is
+        fatal, as nova's vif_plugging_is_fatal makes it."""
+        waiting = {vif["id"]: self.events.prepare(uuid, PLUGGED, vif["id"])
+                   for vif in network_info if not vif.get("active", True)}
+        try:
+            for vif in network_info:
+                os_vif.plug(self.nova.bus, self.nova.trace, ctx, self.host, uuid, vif)
+            if not waiting:
+                return
+            self._event(ctx, uuid, f"wait for {PLUGGED} of {len(waiting)} port(s)",
+                        ports=sorted(waiting), timeout=self.nova.vif_plugging_timeout)
+            done, pending = await asyncio.wait(set(waiting.values()),
+                                               timeout=self.nova.vif_plugging_timeout)
+        finally:
+            self.events.clear(uuid)
+        if any(f.cancelled() for f in done):
+            raise TaskChanged(f"{uuid} was deleted while it waited for {PLUGGED}")
+        late = sorted(port for port, f in waiting.items() if f in pending)
+        failed = sorted(port for port, f in waiting.items()
+                        if f in done and f.result() == "failed")
+        if late:
+            self._event(ctx, uuid, f"timeout waiting for {PLUGGED} of {len(late)} port(s)",
+                        ports=late, timeout=self.nova.vif_plugging_timeout)
+            if self.nova.vif_plugging_is_fatal:
+                raise BuildAborted("Failed to allocate the network(s), not rescheduling.")
+        if failed:
+            raise BuildAborted("Failed to allocate the network(s), not rescheduling.")
+
+    def _unplug_vifs(self, ctx: MessageContext, uuid: str) -> None:
+        """os-vif's unplug of every port the instance has on this host."""
+        with self.nova.database.session() as s:
+            network_info = self.nova.instances.network_info(s, uuid)
+        for vif in network_info:
+            os_vif.unplug(self.nova.bus, self.nova.trace, ctx, self.host, uuid, vif)
+
     async def _undo_build(self, ctx: MessageContext, uuid: str, reschedule: bool) -> bool:
         """Leave the host as the build found it: no guest, no ports, no allocation.
         With `reschedule`, put the instance back to scheduling, unless a delete came in:
         True when it is ready to go to another host."""
         await self.driver.destroy(uuid)
-        await self.nova.network.deallocate_for_instance(ctx, uuid)
+        self._unplug_vifs(ctx, uuid)
+        await self.nova.network.deallocate_for_instance(ctx, self._row(uuid))
         self.nova.release_allocation(ctx, uuid, self.component)
         row = self._row(uuid)
         if not reschedule or row.deleted or row.task_state == "deleting":
@@ -211,6 +279,8 @@ class ComputeManager:
             instances.finish_event(uuid, ctx.request_id, event)
 
     async def terminate_instance(self, ctx: MessageContext, instance_uuid: str) -> None:
+        # a build waiting for neutron's events stops waiting, so the delete need not wait
+        self.events.clear(instance_uuid)
         async with self._lock(instance_uuid):
             await self._terminate(ctx, instance_uuid)
 
@@ -221,7 +291,8 @@ class ComputeManager:
             await self._pause()
             self._driver_call(ctx, f"destroy {uuid[:8]}")
             await self.driver.destroy(uuid)
-            await self.nova.network.deallocate_for_instance(ctx, uuid)
+            self._unplug_vifs(ctx, uuid)
+            await self.nova.network.deallocate_for_instance(ctx, self._row(uuid))
         except Exception as exc:
             log.exception("delete of %s on %s failed", uuid, self.host)
             self.nova.instances.finish_event(uuid, ctx.request_id, event, error=str(exc),
@@ -231,6 +302,43 @@ class ComputeManager:
         self.nova.release_allocation(ctx, uuid, self.component)
         self.nova.instances.finish_event(uuid, ctx.request_id, event)
         self.nova.finish_delete(ctx, uuid)
+
+    # -- what neutron tells nova (os-server-external-events, through nova-api)
+
+    async def external_instance_event(self, ctx: MessageContext,
+                                      events: list[dict[str, Any]]) -> None:
+        """nova's external_instance_event: refresh the info cache on network-changed, drop
+        a deleted port from it, and hand any other event to the build waiting for it."""
+        for event in events:
+            uuid, name, tag = event["server_uuid"], event["name"], event.get("tag")
+            status = event.get("status", "completed")
+            key = f"{name}:{tag}" if tag else name
+            row = self._row(uuid)
+            if row.deleted or row.host != self.host:
+                self._event(ctx, uuid, f"dropped {key}: the instance is not here")
+                continue
+            if name == "network-changed":
+                await self.nova.network.get_instance_nw_info(ctx, row)
+                self._event(ctx, uuid, f"{key}: network info cache refreshed", event=name,
+                            tag=tag)
+            elif name == "network-vif-deleted":
+                self._forget_vif(uuid, tag)
+                self._event(ctx, uuid, f"{key}: port removed from the network info cache",
+                            event=name, tag=tag)
+            elif self.events.pop(uuid, name, tag, status):
+                self._event(ctx, uuid, f"received {key} ({status}): the build goes on",
+                            event=name, tag=tag, status=status)
+            else:
+                # nova logs "Received unexpected event" and drops it
+                self._event(ctx, uuid, f"received unexpected event {key}", event=name,
+                            tag=tag, status=status)
+
+    def _forget_vif(self, uuid: str, port_id: str | None) -> None:
+        with self.nova.database.session() as s:
+            network_info = self.nova.instances.network_info(s, uuid)
+        kept = [vif for vif in network_info if vif["id"] != port_id]
+        if len(kept) != len(network_info):
+            self.nova.instances.set_network_info(uuid, kept)
 
     # -- start of the service
 

@@ -12,6 +12,7 @@ import base64
 import binascii
 import re
 import time
+import uuid as uuidlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +65,14 @@ def scheduling_properties(image: dict[str, Any]) -> dict[str, Any]:
     """The image properties the scheduler reads (hw_*, img_* and the old bare names)."""
     return {k: v for k, v in image.items() if k not in IMAGE_CORE
             and (k.startswith(("hw_", "img_")) or k in SCHEDULER_IMAGE_KEYS)}
+
+
+def is_uuid_like(value: Any) -> bool:
+    """oslo's is_uuid_like: a UUID, with or without dashes, in either case."""
+    try:
+        return uuidlib.UUID(str(value)).hex == str(value).lower().replace("-", "")
+    except ValueError:
+        return False
 
 
 def hostname_for(name: str, uuid: str) -> str:
@@ -157,15 +166,35 @@ class ServersAPI:
         except (NotFound, Forbidden) as exc:
             raise BadRequest(f"Instance group {group_id} could not be found.") from exc
 
-    def _networks(self, networks: Any) -> Any:
-        if isinstance(networks, list):
-            for entry in networks:
-                wanted = entry.get("uuid") or entry.get("port")
-                if wanted:
-                    # no networking service yet: no network or port can exist
-                    if entry.get("uuid"):
-                        raise BadRequest(f"Network {wanted} could not be found.")
-                    raise BadRequest(f"Port id {wanted} could not be found.")
+    def _networks(self, networks: Any, max_count: int) -> Any:
+        """The checks nova's API makes of `networks` before it asks neutron anything."""
+        if not isinstance(networks, list):
+            return networks
+        ports: list[str] = []
+        for entry in networks:
+            port, fixed_ip = entry.get("port"), entry.get("fixed_ip")
+            if port:
+                if port in ports:
+                    raise BadRequest(f"Port ID '{port}' was specified twice: you cannot "
+                                     f"attach a port multiple times.")
+                if fixed_ip is not None:
+                    raise BadRequest(f"Specified Fixed IP '{fixed_ip}' cannot be used with "
+                                     f"port '{port}': the two cannot be specified together.")
+                ports.append(port)
+                continue
+            if "uuid" not in entry:
+                raise BadRequest("Bad network format: missing 'uuid'")
+            if not is_uuid_like(entry["uuid"]):
+                raise BadRequest(f"Bad networks format: network uuid is not in proper format "
+                                 f"({entry['uuid']})")
+        if max_count > 1:
+            if ports:
+                raise BadRequest("Failed to launch instances: Unable to launch multiple "
+                                 "instances with a single configured port ID. Please launch "
+                                 "your instance one by one with different ports.")
+            if any(e.get("fixed_ip") for e in networks):
+                raise BadRequest("Failed to launch instances: max_count cannot be greater "
+                                 "than 1 if an fixed_ip is specified.")
         return networks
 
     def _user_data(self, user_data: str | None) -> str | None:
@@ -182,7 +211,26 @@ class ServersAPI:
         return user_data
 
     def create(self, ctx: MessageContext, request: CreateRequest) -> tuple[str, list[str]]:
-        """Write the instances and cast to the conductor: (reservation id, instance uuids)."""
+        """Write the instances and cast to the conductor: (reservation id, instance uuids).
+
+        In-process callers use this one; it does not ask neutron about `networks` (the
+        build does). The API's handler calls `create_checked`, which does."""
+        return self._launch(ctx, request, self._prepare(ctx, request), request.max_count)
+
+    async def create_checked(self, ctx: MessageContext,
+                             request: CreateRequest) -> tuple[str, list[str]]:
+        """`create`, with nova's checks of `networks` and security groups against neutron
+        in between (unknown network 400, port in use 409, ...); the port quota may lower
+        the count as nova's does."""
+        prepared = self._prepare(ctx, request)
+        fit = await self.nova.network.validate_networks(
+            ctx, prepared["networks"], list(request.security_groups), request.max_count)
+        if fit < request.min_count:
+            raise Forbidden("Maximum number of ports exceeded")
+        return self._launch(ctx, request, prepared, min(fit, request.max_count))
+
+    def _prepare(self, ctx: MessageContext, request: CreateRequest) -> dict[str, Any]:
+        """Every check of the request that needs no other service but glance."""
         nova = self.nova
         flavor = self._flavor(ctx, request.flavor_ref)
         image = self._image(ctx, request)
@@ -195,12 +243,22 @@ class ServersAPI:
                 raise BadRequest("Invalid key_name provided.") from exc
         zone, forced_host = self._zone(ctx, request.availability_zone)
         group = self._group(ctx, request.scheduler_hints)
-        networks = self._networks(request.networks)
+        networks = self._networks(request.networks, request.max_count)
         user_data = self._user_data(request.user_data)
         if request.min_count > request.max_count:
             raise BadRequest("min_count must be <= max_count")
+        return {"flavor": flavor, "image": image, "key_data": key_data, "zone": zone,
+                "forced_host": forced_host, "group": group, "networks": networks,
+                "user_data": user_data}
+
+    def _launch(self, ctx: MessageContext, request: CreateRequest, prepared: dict[str, Any],
+                max_count: int) -> tuple[str, list[str]]:
+        nova = self.nova
+        flavor, image, key_data = prepared["flavor"], prepared["image"], prepared["key_data"]
+        zone, forced_host, group = prepared["zone"], prepared["forced_host"], prepared["group"]
+        networks, user_data = prepared["networks"], prepared["user_data"]
         count = nova.quotas.how_many_fit(ctx.project_id or "", flavor, request.min_count,
-                                         request.max_count)
+                                         max_count)
         kept = {k: flavor[k] for k in ("flavorid", "name", "vcpus", "memory_mb", "root_gb",
                                        "ephemeral_gb", "swap", "extra_specs", "rxtx_factor")}
         reservation_id = "r-" + nova.ids.hex_id("reservation")[:8]

@@ -25,6 +25,7 @@ from labkit.cloud.compute.instances import NOSTATE, Instance, Instances
 from labkit.cloud.compute.keypairs import Keypairs
 from labkit.cloud.compute.manager import ComputeManager
 from labkit.cloud.compute.network import NetworkAPI, NoNetwork
+from labkit.cloud.compute.neutron import NeutronNetworkAPI
 from labkit.cloud.compute.quotas import Quotas
 from labkit.cloud.compute.scheduler.request import RequestSpec
 from labkit.cloud.compute.scheduler_manager import SchedulerManager
@@ -32,6 +33,7 @@ from labkit.cloud.compute.server_groups import ServerGroups
 from labkit.cloud.compute.states import set_state
 from labkit.cloud.db import Database
 from labkit.cloud.errors import Conflict
+from labkit.cloud.service_client import ServiceClient, service_password
 from labkit.cloud.trace import TraceEvent
 from labkit.cloud.virt.model import ModelDriver
 from labkit.scheduling import inventories_of
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
 
 # seconds each step of a build or an action takes: none in tests, enough to watch in class
 STEP_SECONDS = {"fast": 0.0, "teach": 1.5}
+# nova's [DEFAULT] vif_plugging_timeout and vif_plugging_is_fatal
+VIF_PLUGGING_TIMEOUT = 300.0
 
 
 class ComputeService:
@@ -58,7 +62,12 @@ class ComputeService:
         self.database = Database(settings.home / "nova.sqlite", ComputeBase)
         self.placement: Placement = cloud.placement.backend
         self.images = cloud.image.images
-        self.network: NetworkAPI = NoNetwork()
+        self.network_client: ServiceClient | None = None
+        self.network: NetworkAPI = self._network_api(cloud)
+        # how long a build waits for neutron's network-vif-plugged, and whether not
+        # hearing it fails the build
+        self.vif_plugging_timeout = VIF_PLUGGING_TIMEOUT
+        self.vif_plugging_is_fatal = True
         self.instances = Instances(self.database)
         self.hosts = Hosts(self.database, self.ids, settings.lab)
         self.flavors = Flavors(self.database, self.ids)
@@ -73,6 +82,15 @@ class ComputeService:
                          for h in self.hosts.compute_hosts()}
         self._register()
         self.app = api.build_compute_app(self)
+
+    def _network_api(self, cloud: Cloud) -> NetworkAPI:
+        """Neutron over HTTP, as nova's service user, when the cloud has a networking
+        service (mounted before nova); else no ports at all."""
+        if getattr(cloud, "network", None) is None:
+            return NoNetwork()
+        self.network_client = ServiceClient(cloud, "nova", service_password(
+            cloud.settings.lab, "nova"), component="nova-compute")
+        return NeutronNetworkAPI(self, self.network_client)
 
     def _register(self) -> None:
         """What each nova service does when it starts: its row, its node, its inventory."""
@@ -110,6 +128,8 @@ class ComputeService:
     async def stop(self) -> None:
         # long enough for a build at the teach pace to finish rather than be cut off
         await self.bus.drain(timeout=30)
+        if self.network_client is not None:
+            await self.network_client.aclose()
 
     def close(self) -> None:
         self.database.close()

@@ -22,6 +22,7 @@ from labkit.cloud.compute.api import (
     instance_actions,
     keypairs,
     limits,
+    server_external_events,
     server_groups,
     servers,
     versions,
@@ -31,7 +32,7 @@ from labkit.cloud.compute.api.microversion import VersionHeaderMiddleware
 
 # The API's parts; the lead appends servers, os-services, os-hypervisors, ...
 MODULES: list[ModuleType] = [flavors, keypairs, server_groups, servers, instance_actions,
-                             hosts, limits]
+                             hosts, limits, server_external_events]
 
 
 def build_compute_app(nova: Any) -> Starlette:

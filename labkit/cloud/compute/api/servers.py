@@ -23,6 +23,7 @@ from labkit.cloud.compute.api.microversion import APIVersion, version
 from labkit.cloud.compute.api.versions import next_links, page, resource_links
 from labkit.cloud.compute.flavors import Flavors
 from labkit.cloud.compute.instances import STATUSES, Instance
+from labkit.cloud.compute.network import addresses
 from labkit.cloud.compute.servers import CreateRequest, ServersAPI
 from labkit.cloud.errors import BadRequest
 from labkit.cloud.http import context, read_json, request_info
@@ -148,7 +149,7 @@ class ServerView:
                                                instance.image_ref)[1]]},
             "flavor": flavor,
             "created": iso(instance.created_at), "updated": iso(instance.updated_at),
-            "addresses": {}, "accessIPv4": instance.access_ip_v4,
+            "addresses": self._addresses(instance), "accessIPv4": instance.access_ip_v4,
             "accessIPv6": instance.access_ip_v6,
             "links": resource_links(self.request, "servers", instance.uuid),
             "OS-DCF:diskConfig": "MANUAL",
@@ -196,6 +197,11 @@ class ServerView:
         if status in ("ERROR", "DELETED"):
             self._fault(server, instance)
         return server
+
+    def _addresses(self, instance: Instance) -> dict[str, list[dict[str, Any]]]:
+        """From nova's network info cache, never from neutron (as nova's view does)."""
+        with self.nova.database.session() as s:
+            return addresses(self.nova.instances.network_info(s, instance.uuid))
 
     def _host_status(self, host: str | None) -> str:
         """nova's host_status: the compute service as the API sees it."""
@@ -246,6 +252,25 @@ def _since(value: str, name: str) -> float:
     return moment.timestamp()
 
 
+def _ip_matches(network_info: list[dict[str, Any]], filters: dict[str, str]) -> bool:
+    """nova's _ip_filter: `ip` (`ip6`) is a regex matched at the start of a fixed IPv4
+    (IPv6) address of the instance."""
+    patterns = {}
+    for key, family in (("ip", 4), ("ip6", 6)):
+        if key in filters:
+            try:
+                patterns[family] = re.compile(filters[key])
+            except re.error:
+                continue
+    for vif in network_info:
+        for subnet in (vif.get("network") or {}).get("subnets", []):
+            for ip in subnet.get("ips", []):
+                pattern = patterns.get(ip.get("version", 4))
+                if pattern and pattern.match(ip["address"]):
+                    return True
+    return False
+
+
 def _matches(instance: Instance, filters: dict[str, str]) -> bool:
     f = filters
     if "name" in f:
@@ -266,9 +291,6 @@ def _matches(instance: Instance, filters: dict[str, str]) -> bool:
     for key, value in checks.items():
         if key in f and f[key] != (value or ""):
             return False
-    if "ip" in f or "ip6" in f:
-        # servers have no ports yet (the view shows empty addresses): no address matches
-        return False
     if "power_state" in f and str(instance.power_state) != f["power_state"]:
         return False
     if "locked" in f and instance.locked != as_bool(f["locked"]):
@@ -323,6 +345,9 @@ def _listed(request: Request, nova: Any) -> list[Instance]:
     query = query.order_by(Instance.id.desc())
     with nova.database.session() as s:
         found = [i for i in s.scalars(query) if _matches(i, filters)]
+        if "ip" in filters or "ip6" in filters:
+            infos = nova.instances.network_infos(s, [i.uuid for i in found])
+            found = [i for i in found if _ip_matches(infos.get(i.uuid, []), filters)]
     return page(request, found, lambda i: i.uuid)
 
 
@@ -369,7 +394,7 @@ def routes(nova: Any) -> list[Route]:
             tags=s.get("tags", []), access_ip_v4=s.get("accessIPv4", ""),
             access_ip_v6=s.get("accessIPv6", ""),
             config_drive=as_bool(s.get("config_drive", False)))
-        reservation_id, uuids = servers.create(_ctx(request), ask)
+        reservation_id, uuids = await servers.create_checked(_ctx(request), ask)
         if as_bool(s.get("return_reservation_id", False)):
             return JSONResponse({"reservation_id": reservation_id}, status_code=202)
         first = uuids[0]
