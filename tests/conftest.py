@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -16,6 +17,8 @@ from openstack.config import OpenStackConfig
 from openstack.connection import Connection
 
 from labkit.cloud import process
+from labkit.cloud.app import Cloud
+from labkit.cloud.bus import MessageContext
 from labkit.cloud.process import CloudInfo
 from labkit.cloud.settings import CloudSettings
 
@@ -173,3 +176,29 @@ def openstack_cli(cloud: CloudInfo) -> Callable[..., subprocess.CompletedProcess
         return subprocess.run([str(exe), *args], env=env, capture_output=True, text=True,
                               timeout=SUBPROCESS_TIMEOUT, check=False)
     return run
+
+
+# -- a cloud inside the test's own process ------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def in_cloud(home: Path, scenario: Callable[[Cloud], Awaitable[T]]) -> T:
+    """Run `scenario` against a deterministic cloud built in this process (no socket)."""
+    async def main() -> T:
+        cloud = Cloud(CloudSettings(home=home, deterministic=True), "http://127.0.0.1:1")
+        try:
+            await cloud.start()
+            return await scenario(cloud)
+        finally:
+            await cloud.stop()
+            cloud.close()
+    return asyncio.run(main())
+
+
+def demo_context(cloud: Cloud, request_id: str) -> MessageContext:
+    """What nova-api passes on for a request from the demo user."""
+    user = cloud.identity.list("user", {"name": "demo"})[0]
+    project = cloud.identity.list("project", {"name": "demo"})[0]
+    return MessageContext(request_id=request_id, source="nova-api", user_id=user.id,
+                          project_id=project.id)

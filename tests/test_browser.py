@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -464,4 +465,138 @@ def test_scheduler_playground_answers_in_jupyterlab(lab: Lab) -> None:
     _check_cells(nb, cells, shot)  # using the widget raised nothing either
     assert chosen == predicted, \
         f"the playground chose {chosen} for m1.small, predict() {predicted} ({shot})"
+    assert not console_errors, f"the page raised errors: {console_errors}"
+
+
+# -- notebook 04: the local VLAN playground and the packet walk stepper ------------------------
+
+PORT_WIRING_NOTEBOOK = NOTEBOOKS / "04-port-wiring.ipynb"
+
+# A widget output's HTML table as rows of cell texts, its header row first.
+TABLE_JS = """
+table => [...table.querySelectorAll('tr')]
+  .map(tr => [...tr.querySelectorAll('th, td')].map(cell => cell.innerText.trim()))
+"""
+
+# The rows of the packet walk table (the one with a "what happens" column) shown last
+# before the cell of the widget `el`: the walk that cell's stepper steps through.
+WALK_BEFORE_JS = """
+el => {
+  const cells = [...el.closest('.jp-Notebook').querySelectorAll('.jp-Cell.jp-Notebook-cell')];
+  for (let i = cells.indexOf(el.closest('.jp-Cell')) - 1; i >= 0; i--) {
+    const walks = [...cells[i].querySelectorAll('.jp-OutputArea-output table')]
+      .filter(t => [...t.querySelectorAll('th')].some(th => th.innerText.includes('what happens')));
+    if (walks.length) {
+      return [...walks[walks.length - 1].querySelectorAll('tr')]
+        .map(tr => [...tr.querySelectorAll('th, td')].map(cell => cell.innerText.trim()));
+    }
+  }
+  return [];
+}
+"""
+
+
+def _widget_output(page: Any, button: str) -> Any:
+    """The outputs of code cells that show an ipywidgets button labelled `button`."""
+    return (page.locator(".jp-CodeCell .jp-OutputArea-output")
+            .filter(has=page.locator(".widget-button", has_text=button)))
+
+
+def _cell_of(locator: Any) -> Any:
+    return locator.locator(
+        "xpath=ancestor::div[contains(concat(' ', normalize-space(@class), ' '), ' jp-Cell ')][1]")
+
+
+def _column(rows: list[list[str]], header: str) -> dict[str, str]:
+    """Network name -> the text under `header`, from a VLAN table's rows."""
+    at = rows[0].index(header)
+    return {row[0]: row[at] for row in rows[1:]}
+
+
+def _lowest_free_tag(tags: Any) -> int:
+    used = {int(t.split()[1]) for t in tags if t.startswith("VLAN ")}
+    return next(tag for tag in range(1, 4095) if tag not in used)
+
+
+def _screenshot_cell(page: Any, widget: Any, shot: Path) -> None:
+    """A picture of the widget's cell, in a window tall enough for all of it."""
+    cell = _cell_of(widget)
+    height = min(max(1000, math.ceil(cell.bounding_box()["height"]) + 80), 8000)
+    page.set_viewport_size({"width": 1400, "height": height})
+    cell.evaluate("el => el.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(300)  # resizing lays the notebook out again
+    cell.screenshot(path=str(shot))
+
+
+@pytest.mark.skipif(not PORT_WIRING_NOTEBOOK.exists(),
+                    reason=f"{PORT_WIRING_NOTEBOOK} does not exist yet")
+def test_vlan_playground_and_walk_stepper_answer_in_jupyterlab(lab: Lab) -> None:
+    from playwright.sync_api import expect
+
+    nb = nbformat.read(PORT_WIRING_NOTEBOOK, as_version=4)
+    shot = ARTIFACTS / f"{PORT_WIRING_NOTEBOOK.stem}.png"
+    stepper_shot = ARTIFACTS / f"{PORT_WIRING_NOTEBOOK.stem}-stepper.png"
+
+    with _notebook_page(lab, PORT_WIRING_NOTEBOOK, shot) as (page, console_errors):
+        def on_console(msg: Any) -> None:  # besides uncaught errors, any the page logs
+            if msg.type == "error":
+                console_errors.append(f"console: {msg.text}")
+
+        page.on("console", on_console)
+        cells = _run_all(page, lab, nb)
+        _check_cells(nb, cells, shot)
+
+        # the VLAN playground: a what-if server on a new network on compute-1
+        playground = _widget_output(page, "boot a server here")
+        playground.first.wait_for(timeout=PLAYGROUND_WAIT)  # views render after their models
+        assert playground.count() == 1, f"{playground.count()} VLAN playgrounds ({shot})"
+        playground.scroll_into_view_if_needed()
+        table = playground.locator(".widget-html table").first
+        table.wait_for(timeout=PLAYGROUND_WAIT)
+        before = table.evaluate(TABLE_JS)
+        assert "compute-1" in before[0], f"the VLAN table has no compute-1 column: {before}"
+        assert "what-if-net-1" not in _column(before, "compute-1"), before
+        expected_tag = f"VLAN {_lowest_free_tag(_column(before, 'compute-1').values())}"
+
+        playground.locator(".widget-dropdown", has_text="network").locator("select") \
+            .select_option(label="(a new network)")
+        playground.locator(".widget-dropdown", has_text="on host").locator("select") \
+            .select_option(label="compute-1")
+        playground.locator(".widget-button", has_text="boot a server here").click()
+        expect(table).to_contain_text("what-if-net-1", timeout=PLAYGROUND_WAIT)
+        after = table.evaluate(TABLE_JS)
+        log = playground.locator(".widget-html").last
+        expect(log).to_contain_text("lowest free tag", timeout=PLAYGROUND_WAIT)
+        log_text = log.inner_text()
+        _screenshot_cell(page, playground, shot)
+
+        # the first walk stepper: two hops on, it shows the walk's third hop
+        stepper = _widget_output(page, "next ▶").first
+        stepper.scroll_into_view_if_needed()
+        walk = stepper.evaluate(WALK_BEFORE_JS)
+        assert len(walk) > 3, f"no packet walk of 3 hops or more before the stepper: {walk}"
+        devices = [row[walk[0].index("device")] for row in walk[1:]]
+        panel = stepper.locator(".widget-html")
+        path = panel.locator(".widget-html-content > div").first
+        expect(path).to_have_text(devices[0], timeout=PLAYGROUND_WAIT)
+        first_hop = panel.inner_text()
+        for _ in range(2):
+            stepper.locator(".widget-button", has_text="next ▶").click()
+        expect(path).to_have_text(" → ".join(devices[:3]), timeout=PLAYGROUND_WAIT)
+        expect(stepper.locator(".widget-slider .widget-readout")).to_have_text("3")
+        third_hop = panel.inner_text()
+        _screenshot_cell(page, stepper, stepper_shot)
+        cells = page.evaluate(CELL_STATE_JS)
+
+    _check_cells(nb, cells, shot)  # using the widgets raised nothing either
+    compute_1 = _column(after, "compute-1")
+    assert compute_1.get("what-if-net-1") == expected_tag, \
+        f"what-if-net-1 on compute-1 is {compute_1.get('what-if-net-1')}, the lowest free " \
+        f"tag there is {expected_tag}: {after} ({shot})"
+    assert [row[0] for row in after[1:]] == [row[0] for row in before[1:]] + ["what-if-net-1"], \
+        f"the table did not gain exactly one row: {before} -> {after}"
+    assert "what-if-net-1's first port on compute-1" in log_text and expected_tag in log_text, \
+        f"the playground's log: {log_text!r}"
+    assert third_hop != first_hop and devices[2] in third_hop.splitlines()[1], \
+        f"the stepper does not show hop 3 ({devices[2]}) after two clicks: {third_hop!r}"
     assert not console_errors, f"the page raised errors: {console_errors}"

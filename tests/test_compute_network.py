@@ -17,7 +17,7 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -27,17 +27,17 @@ from sqlalchemy import update
 from conftest import (
     LAB_PASSWORDS,
     auth_header,
+    demo_context,
+    in_cloud,
     password_auth,
     start_cloud,
     stop_cloud,
     wait_for,
 )
 from labkit.cloud.app import Cloud
-from labkit.cloud.bus import MessageContext
 from labkit.cloud.compute.servers import CreateRequest, ServersAPI
 from labkit.cloud.network.common import NetContext
 from labkit.cloud.network.tables import AgentRow
-from labkit.cloud.settings import CloudSettings
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 IMAGE = "6b4f1c2e-4d4a-4c55-9a57-1a5b0f3c7d21"  # labkit-tiny
@@ -47,7 +47,6 @@ EVENTS = "/compute/v2.1/os-server-external-events"
 NEUTRON = "/networking/v2.0"
 BUILD_TIMEOUT = 60  # a guard against a hung build, never a claim about speed
 ADMIN_NET = NetContext(project_id=None, is_admin=True)
-T = TypeVar("T")
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -441,24 +440,6 @@ def issue(client: httpx.Client, user: str) -> str:
 
 # -- inside the cloud: agents that die or hang -------------------------------------------------
 
-def in_cloud(home: Path, scenario: Callable[[Cloud], Awaitable[T]]) -> T:
-    """Run `scenario` against a deterministic cloud built in this process (no socket)."""
-    async def main() -> T:
-        cloud = Cloud(CloudSettings(home=home, deterministic=True), "http://127.0.0.1:1")
-        try:
-            await cloud.start()
-            return await scenario(cloud)
-        finally:
-            await cloud.stop()
-            cloud.close()
-    return asyncio.run(main())
-
-
-def demo_context(cloud: Cloud, request_id: str) -> MessageContext:
-    user = cloud.identity.list("user", {"name": "demo"})[0]
-    project = cloud.identity.list("project", {"name": "demo"})[0]
-    return MessageContext(request_id=request_id, source="nova-api", user_id=user.id,
-                          project_id=project.id)
 
 
 async def boot_on_demo_net(cloud: Cloud, name: str, request_id: str) -> str:

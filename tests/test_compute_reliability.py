@@ -10,28 +10,34 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import select
 
-from conftest import LAB_PASSWORDS, auth_header, password_auth, start_cloud, stop_cloud, wait_for
+from conftest import (
+    LAB_PASSWORDS,
+    auth_header,
+    demo_context,
+    in_cloud,
+    password_auth,
+    start_cloud,
+    stop_cloud,
+    wait_for,
+)
 from labkit.cloud.app import Cloud
-from labkit.cloud.bus import MessageContext
 from labkit.cloud.compute.instances import InstanceAction, InstanceActionEvent
 from labkit.cloud.compute.servers import CreateRequest, ServersAPI
 from labkit.cloud.process import CloudInfo
-from labkit.cloud.settings import CloudSettings
 
 IMAGE = "6b4f1c2e-4d4a-4c55-9a57-1a5b0f3c7d21"  # labkit-tiny
 SERVERS = "/compute/v2.1/servers"
 BUILD_TIMEOUT = 60  # a guard against a hung build, never a claim about speed
 FLAVORS = {"m1.large": "4", "m1.small": "2"}
-T = TypeVar("T")
 
 
 def compute(token: str) -> dict[str, str]:
@@ -160,24 +166,6 @@ def test_concurrent_boots_never_oversubscribe_a_host(
 
 # -- failed builds, in this process ------------------------------------------------------------
 
-def in_cloud(home: Path, scenario: Callable[[Cloud], Awaitable[T]]) -> T:
-    """Run `scenario` against a deterministic cloud built in this process (no HTTP)."""
-    async def main() -> T:
-        cloud = Cloud(CloudSettings(home=home, deterministic=True), "http://127.0.0.1:1")
-        try:
-            await cloud.start()
-            return await scenario(cloud)
-        finally:
-            await cloud.stop()
-            cloud.close()
-    return asyncio.run(main())
-
-
-def demo_context(cloud: Cloud, request_id: str) -> MessageContext:
-    user = cloud.identity.list("user", {"name": "demo"})[0]
-    project = cloud.identity.list("project", {"name": "demo"})[0]
-    return MessageContext(request_id=request_id, source="nova-api", user_id=user.id,
-                          project_id=project.id)
 
 
 async def boot_in(cloud: Cloud, name: str, request_id: str) -> str:
