@@ -53,9 +53,11 @@ def vlan_playground(topology: Topology) -> VlanPlayground:
     def show(current: Topology) -> None:
         box.topology = current
         chosen = network_choice.value
-        network_choice.options = networks_of(current)
-        if chosen in dict(networks_of(current)).values():
-            network_choice.value = chosen
+        options = networks_of(current)
+        network_choice.options = options
+        # ipywidgets 8 selects nothing when an empty dropdown gets options: pick one
+        values = [value for _, value in options]
+        network_choice.value = chosen if chosen in values else values[0]
         table.value = networking.vlan_table(current)._repr_html_()
         log.value = "".join(f"<div>{line}</div>" for line in story[-6:])
 

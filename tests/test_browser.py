@@ -5,8 +5,8 @@ Starts a fresh deterministic embedded cloud in a temporary LABKIT_HOME and Jupyt
 Chromium driven by Playwright, runs all cells from the Run menu, and checks that every
 code cell ran, an ipywidgets widget rendered and no cell shows an error. Then it uses
 the notebook's widget as a reader would: 01-authentication.ipynb's sign-in widget,
-02-request-and-scheduling.ipynb's scheduler playground. Screenshots go to
-artifacts/browser/.
+02-request-and-scheduling.ipynb's scheduler playground, 04-port-wiring.ipynb's VLAN
+playground and packet walk stepper. Screenshots go to artifacts/browser/.
 
 Playwright never downloads a browser here: it drives /usr/bin/chromium (Debian's
 `chromium`, installed by `make setup`; LABKIT_CHROMIUM names another). Without Chromium
@@ -557,6 +557,10 @@ def test_vlan_playground_and_walk_stepper_answer_in_jupyterlab(lab: Lab) -> None
         assert "compute-1" in before[0], f"the VLAN table has no compute-1 column: {before}"
         assert "what-if-net-1" not in _column(before, "compute-1"), before
         expected_tag = f"VLAN {_lowest_free_tag(_column(before, 'compute-1').values())}"
+        blank = playground.locator(".widget-dropdown select").evaluate_all(
+            "selects => selects.filter(s => s.selectedIndex < 0).map(s => "
+            "s.closest('.widget-dropdown').innerText.split('\\n')[0])")
+        assert not blank, f"dropdowns that show no choice: {blank} ({shot})"
 
         playground.locator(".widget-dropdown", has_text="network").locator("select") \
             .select_option(label="(a new network)")

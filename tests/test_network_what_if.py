@@ -55,6 +55,7 @@ def test_the_playground_boots_what_if_servers_and_redraws():
     box = network_widgets.vlan_playground(lab())
     controls = box.children[0].children
     network, host, boot = controls[0], controls[1], controls[2]
+    assert network.value is not None and host.value is not None  # a choice from the start
     network.value = network_widgets.NEW_NETWORK
     host.value = "compute-2"
     boot.click()
