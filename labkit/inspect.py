@@ -280,11 +280,12 @@ class Inspector:
             return Hidden("the port wiring of the hosts", self.reason,
                           "openstack network agent list --agent-type open-vswitch; then on "
                           "each host: " + "; ".join(OPERATOR_VIEWS))
-        from labkit.cloud.network.wiring import HostWiring
+        from labkit.cloud.network.wiring import wire
 
-        hosts = self._get("/network/hosts")["hosts"]
-        return {h["host"]: HostWiring.from_dict(self._get(f"/network/hosts/{h['host']}")
-                                                ["wiring"]) for h in hosts}
+        # one snapshot, wired here by the agents' own code: not a request (and a full
+        # wiring of the cloud on the server) per host
+        topology = self.topology()
+        return wire(topology) if topology else topology
 
     def host_commands(self, host: str) -> Commands | Hidden:
         """What `ovs-vsctl show`, `ovs-ofctl dump-flows br-tun`, `brctl show`, `ip netns`,

@@ -14,8 +14,8 @@ import pytest
 from labkit.cloud.db import Database
 from labkit.cloud.errors import ServiceError
 from labkit.cloud.ids import IdSource
+from labkit.cloud.labfiles import lab_hosts
 from labkit.cloud.network.exceptions import neutron_type
-from labkit.cloud.network.lab import lab_hosts
 from labkit.cloud.network.models import NetContext, NetworkBase, Neutron
 from labkit.cloud.trace import Trace
 

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from sqlalchemy import JSON, Boolean, Float, Integer, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -21,6 +20,7 @@ from labkit.cloud.compute.instances import Instance
 from labkit.cloud.db import Database
 from labkit.cloud.errors import NotFound
 from labkit.cloud.ids import IdSource
+from labkit.cloud.labfiles import lab_hosts
 
 QEMU_VERSION = 8002002  # qemu 8.2.2, as libvirt reports versions
 DEFAULT_ZONE = "nova"  # nova's default_availability_zone
@@ -66,10 +66,6 @@ class ComputeNode(ComputeBase):
     cpu_info: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-
-
-def lab_hosts(lab: Path) -> list[dict[str, Any]]:
-    return yaml.safe_load((lab / "hosts.yaml").read_text())["hosts"]
 
 
 class Usage(dict[str, int]):

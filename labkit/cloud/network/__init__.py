@@ -14,8 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from labkit.cloud.db import Database
+from labkit.cloud.labfiles import lab_hosts
 from labkit.cloud.network.common import NetContext
-from labkit.cloud.network.lab import lab_hosts
 from labkit.cloud.network.lab import read as read_lab
 from labkit.cloud.network.models import NetworkBase, Neutron
 

@@ -240,7 +240,7 @@ class AgentRuntime:
         self.trace: Trace = cloud.trace
         self.report_interval = REPORT_INTERVAL
         self.agents: dict[tuple[str, str], Agent] = {}
-        for host in self.neutron_hosts():
+        for host in self.service.hosts:
             if host.get("local_ip"):
                 self._add(OvsAgent(self, host["name"]))
             if host.get("role") == "network":
@@ -258,13 +258,6 @@ class AgentRuntime:
         # each floating IP's router as last seen, to tell it when the address leaves
         self._fip_routers: dict[str, str | None] = {
             f["id"]: f.get("router_id") for f in self.neutron.list(ADMIN, "floatingip")}
-
-    def neutron_hosts(self) -> list[dict[str, Any]]:
-        hosts = getattr(self.service, "hosts", None) or getattr(self.neutron, "hosts", None)
-        if hosts is None:
-            import yaml
-            hosts = yaml.safe_load((self.cloud.settings.lab / "hosts.yaml").read_text())["hosts"]
-        return list(hosts)
 
     def _add(self, agent: Agent) -> None:
         self.agents[(agent.host, agent.binary)] = agent

@@ -24,11 +24,6 @@ SUBNET_KEYS = ("name", "cidr", "ip_version", "gateway_ip", "allocation_pools",
                "dns_nameservers", "host_routes", "enable_dhcp", "description")
 
 
-def lab_hosts(lab: Path) -> list[dict[str, Any]]:
-    """data/hosts.yaml's hosts (as nova reads them, without importing nova)."""
-    return list(yaml.safe_load((lab / "hosts.yaml").read_text())["hosts"])
-
-
 def read(lab: Path) -> dict[str, Any]:
     path = lab / "networks.yaml"
     return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
