@@ -37,7 +37,7 @@ lab: setup
 	esac; \
 	echo "JupyterLab starts below: open the http://127.0.0.1:.../lab?token=... URL it prints."; \
 	echo "Stop it with Ctrl-C; stop the cloud with: $(VENV)/bin/labkit cloud down"; \
-	exec jupyter lab $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) \
+	exec jupyter lab $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) --ServerApp.ip=127.0.0.1 \
 		--ServerApp.terminado_settings=shell_command="$${SHELL:-/bin/sh}" notebooks/
 
 # Every step runs even when one before it failed; any failure fails `make test`.
