@@ -219,7 +219,12 @@ CELL_STATE_JS = """
 
 
 def _kernel_busy(lab: Lab) -> bool:
-    kernels = lab.api("/api/kernels").json()
+    answer = lab.api("/api/kernels")
+    if answer.status_code != 200:
+        # jupyter_server can answer 500 while it removes a kernel another notebook left
+        # (its list races the shutdown): ask again, within the caller's deadline
+        return True
+    kernels = answer.json()
     return not kernels or any(k["execution_state"] != "idle" for k in kernels)
 
 
