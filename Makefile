@@ -4,7 +4,7 @@
 # graphviz: the `dot` program for diagrams; chromium: the browser test (Playwright drives
 # it; it never downloads a browser of its own); chromium-driver: chromedriver, for
 # WebDriver clients; fonts-dejavu-core: fonts for both.
-SYSTEM_PACKAGES := python3-venv graphviz chromium chromium-driver fonts-dejavu-core
+SYSTEM_PACKAGES := python3-venv graphviz chromium chromium-driver fonts-dejavu-core qemu-system-x86 qemu-utils busybox-static dropbear-bin cpio kmod
 
 VENV   := .venv
 BIN    := $(CURDIR)/$(VENV)/bin
@@ -55,11 +55,11 @@ lint: setup
 	@echo "==> ruff check labkit tests bench scripts"
 	@$(RUN) ruff check --no-cache labkit tests bench scripts
 
-# All of tests/, the browser test included (LABKIT_REQUIRE_BROWSER: fail, not skip,
-# when Chromium or Playwright is missing).
+# All of tests/, the browser and real-guest tests included (LABKIT_REQUIRE_BROWSER and
+# LABKIT_REQUIRE_QEMU: fail, not skip, when Chromium, qemu or the guest image is missing).
 pytest: setup
 	@echo "==> pytest tests"
-	@$(RUN) LABKIT_REQUIRE_BROWSER=1 pytest tests
+	@$(RUN) LABKIT_REQUIRE_BROWSER=1 LABKIT_REQUIRE_QEMU=1 pytest tests
 
 browser: setup
 	@echo "==> pytest -m browser tests"

@@ -1,19 +1,21 @@
-"""The `labkit` command: `labkit cloud up|down|status|reset|env`."""
+"""The `labkit` command: `labkit cloud up|down|status|reset|env`, `labkit image build`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 
 from labkit.cloud import process
-from labkit.cloud.settings import PACES, CloudSettings
+from labkit.cloud.settings import PACES, VIRT_DRIVERS, CloudSettings
 from labkit.paths import cloud_home
 
 
 def _up(args: argparse.Namespace) -> int:
     settings = CloudSettings.from_env(
-        pace=args.pace, deterministic=True if args.deterministic else None, port=args.port)
+        pace=args.pace, deterministic=True if args.deterministic else None, port=args.port,
+        virt=args.virt)
     info = process.up(settings)
     print(f"labkit cloud is up at {info.url} (pid {info.pid}), state in {info.home}")
     print('Point the openstack CLI at it with: eval "$(labkit cloud env)"')
@@ -42,6 +44,8 @@ def _status(args: argparse.Namespace) -> int:
         print(f"  state folder  {home}")
         print(f"  pace          {settings.get('pace')}")
         print(f"  deterministic {settings.get('deterministic')}")
+        print(f"  virt          {settings.get('virt', 'auto')} (virt_type "
+              f"{settings.get('virt_type', 'auto')})")
         print(f"  clouds.yaml   {info.clouds_yaml} (clouds: labkit, labkit-admin)")
     return 0 if info is not None else 3
 
@@ -65,6 +69,26 @@ def _env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_build(args: argparse.Namespace) -> int:
+    # imported here: `labkit cloud ...` needs none of it
+    from labkit.cloud.guest import GuestBuildError, build_image
+
+    started = time.monotonic()
+    try:
+        image = build_image(force=args.force, log=print)
+    except GuestBuildError as exc:
+        print(f"labkit image build: {exc}", file=sys.stderr)
+        return 1
+    sizes = image.sizes()
+    print(f"labkit-tiny {image.key} ({time.monotonic() - started:.1f} s)")
+    print(f"  kernel   {image.kernel}  ({sizes['kernel'] / 1e6:.1f} MB, "
+          f"Debian kernel {image.kernel_version})")
+    print(f"  ramdisk  {image.ramdisk}  ({sizes['ramdisk'] / 1e6:.1f} MB)")
+    print(f"  disk     {image.disk}  ({sizes['disk'] / 2**20:.0f} MiB, blank)")
+    print(f"  manifest {image.folder / 'manifest.json'}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="labkit", description="The life of a VM, explorable.")
     sub = p.add_subparsers(dest="group", required=True)
@@ -74,6 +98,9 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--pace", choices=PACES, default=None, help="fast for tests, teach for demos")
     up.add_argument("--deterministic", action="store_true", help="seeded ids and tokens")
     up.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: free)")
+    up.add_argument("--virt", choices=VIRT_DRIVERS, default=None,
+                    help="hypervisor driver: qemu boots real guests, model runs none "
+                         "(default: auto, qemu when it and the guest image are here)")
     up.set_defaults(func=_up)
     cmds.add_parser("down", help="stop it and everything it started").set_defaults(func=_down)
     status = cmds.add_parser("status", help="is it running, where, with which settings")
@@ -81,6 +108,12 @@ def parser() -> argparse.ArgumentParser:
     status.set_defaults(func=_status)
     cmds.add_parser("reset", help="back to the lab's first state").set_defaults(func=_reset)
     cmds.add_parser("env", help="shell exports for the openstack CLI").set_defaults(func=_env)
+    image = sub.add_parser("image", help="the tiny guest image the qemu driver boots")
+    image_cmds = image.add_subparsers(dest="command", required=True)
+    build = image_cmds.add_parser(
+        "build", help="build labkit-tiny from Debian packages (instant when cached)")
+    build.add_argument("--force", action="store_true", help="rebuild even when cached")
+    build.set_defaults(func=_image_build)
     return p
 
 

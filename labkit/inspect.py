@@ -9,6 +9,7 @@ run on the host instead, so the same notebook cell works on both.
 from __future__ import annotations
 
 import html
+import shlex
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -125,6 +126,34 @@ class Commands(dict):
         return "".join(f"<p><code>root@{html.escape(self.host)}:~# {html.escape(command)}"
                        f"</code></p><pre>{html.escape(output)}</pre>"
                        for command, output in self.items())
+
+
+class Code(str):
+    """A file or command line as the host has it (libvirt XML, qemu's arguments), shown
+    verbatim."""
+
+    def __new__(cls, text: str, language: str = "") -> Code:
+        made = super().__new__(cls, text)
+        made.language = language
+        return made
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{html.escape(str(self))}</pre>"
+
+
+def command_line(argv: list[str]) -> str:
+    """qemu's argument list as a shell command, one option and its value per line."""
+    lines, current = [], [shlex.quote(argv[0])] if argv else []
+    for arg in argv[1:]:
+        if arg.startswith("-") and current:
+            lines.append(" ".join(current))
+            current = []
+        current.append(shlex.quote(arg))
+    lines.append(" ".join(current))
+    return " \\\n    ".join(lines)
 
 
 class Walk(list):
@@ -315,6 +344,38 @@ class Inspector:
         data = self._get("/network/walk", port_id=port_id, destination=destination,
                          protocol=protocol, port=port, source_ip=source_ip)
         return Walk(Hop(**hop) for hop in data["hops"])
+
+
+    # -- the hypervisor
+
+    def guest(self, server_id: str) -> dict[str, Any] | Hidden:
+        """What the server's compute host holds for it: the driver, and on qemu the domain
+        XML, the qemu command line, the console log, the image cache and the forwards."""
+        if not self.available:
+            return Hidden("the hypervisor's view of this server", "The API shows the host "
+                          "(to admins) and the power state, not the domain. " + self.reason,
+                          "virsh list --all; virsh dumpxml instance-<id as 8 hex digits>")
+        return self._get(f"/guests/{server_id}")
+
+    def domain_xml(self, server_id: str) -> Code | Hidden:
+        """The libvirt domain XML nova's libvirt driver would write for this server."""
+        if not self.available:
+            return Hidden("the libvirt domain XML", self.reason,
+                          "virsh dumpxml instance-<id as 8 hex digits>  # on its compute host")
+        guest = self._get(f"/guests/{server_id}")
+        return Code(guest.get("domain_xml") or f"(the {guest['driver']} driver writes no "
+                    "domain XML)", "xml")
+
+    def qemu_command(self, server_id: str) -> Code | Hidden:
+        """The qemu command line the guest runs with."""
+        if not self.available:
+            return Hidden("qemu's command line", self.reason,
+                          "ps -o args= -C qemu-system-x86_64 | grep instance-  # on its "
+                          "compute host")
+        guest = self._get(f"/guests/{server_id}")
+        argv = guest.get("command")
+        return Code(command_line(argv) if argv else f"(the {guest['driver']} driver starts "
+                    "no process)", "shell")
 
 
 def inspector(conn: Connection) -> Inspector:

@@ -22,3 +22,12 @@ def lab_dir() -> Path:
     """The lab's YAML files: `$LABKIT_LAB`, else `data/` beside the package."""
     env = os.environ.get("LABKIT_LAB")
     return Path(env).expanduser().resolve() if env else REPO_ROOT / "data"
+
+
+def keys_dir() -> Path:
+    """Where labkit keeps the ssh keys notebooks log in to guests with: `$LABKIT_KEYS`,
+    else `keys/` under the user's data dir."""
+    env = os.environ.get("LABKIT_KEYS")
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path(platformdirs.user_data_dir("labkit")) / "keys"

@@ -2,11 +2,13 @@
 # Install what labkit needs on a Debian or Ubuntu machine; `make setup` runs this.
 #
 #   1. system packages through apt-get (only the missing ones; `apt-get update` first),
-#   2. a virtual environment in .venv with `pip install -e '.[lab,test]'`.
+#   2. a virtual environment in .venv with `pip install -e '.[lab,test]'`,
+#   3. the tiny guest image the qemu driver boots: `labkit image build` (a Debian kernel,
+#      busybox, dropbear; cached, so instant the second time).
 #
 # Idempotent and quick the second time: installed Debian packages are checked with
-# dpkg-query, and the pip step is skipped while a stamp in .venv matches pyproject.toml,
-# the Python in use and the extras.
+# dpkg-query, the pip step is skipped while a stamp in .venv matches pyproject.toml,
+# the Python in use and the extras, and the image build reuses its cache.
 #
 # Settings (environment): SYSTEM_PACKAGES (the Makefile passes its list), PYTHON (the
 # interpreter for the venv; default: the first python3 of 3.11 or newer), VENV (.venv),
@@ -15,7 +17,10 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-SYSTEM_PACKAGES=${SYSTEM_PACKAGES:-python3-venv graphviz chromium chromium-driver fonts-dejavu-core}
+# qemu-system-x86, qemu-utils: real guests; busybox-static, dropbear-bin, cpio, kmod: the
+# guest image (`labkit image build`), whose kernel apt-get downloads from Debian's archive.
+SYSTEM_PACKAGES=${SYSTEM_PACKAGES:-python3-venv graphviz chromium chromium-driver fonts-dejavu-core \
+qemu-system-x86 qemu-utils busybox-static dropbear-bin cpio kmod}
 VENV=${VENV:-.venv}
 EXTRAS=${EXTRAS:-lab,test}
 
@@ -128,6 +133,20 @@ python3-venv (or python3.X-venv for your Python)"
     printf '%s\n' "$key" > "$stamp"
 }
 
+# --- 3. the tiny guest image ------------------------------------------------------------
+
+guest_image() {
+    if ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
+        say "no guest image: it needs qemu and Debian's apt-get (the embedded cloud then runs its \
+model driver, which boots no real guests)"
+        return 0
+    fi
+    say "guest image: labkit image build"
+    "$VENV/bin/labkit" image build \
+        || die "labkit image build failed (above): the qemu driver has no guest image to boot"
+}
+
 system_packages
 venv
+guest_image
 say "setup done: activate with 'source $VENV/bin/activate', or use 'make lab' / 'make test'"

@@ -72,9 +72,10 @@ def wait_for(fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: flo
     return value
 
 
-def start_cloud(home: Path, deterministic: bool = True) -> CloudInfo:
-    """Start a cloud on this state folder (or reuse the one running there)."""
-    return process.up(CloudSettings(home=home, deterministic=deterministic))
+def start_cloud(home: Path, deterministic: bool = True, virt: str = "model") -> CloudInfo:
+    """Start a cloud on this state folder (or reuse the one running there). The API tests
+    run on the model driver; tests of real guests ask for `virt="qemu"`."""
+    return process.up(CloudSettings(home=home, deterministic=deterministic, virt=virt))
 
 
 def stop_cloud(home: Path) -> None:
@@ -186,7 +187,8 @@ T = TypeVar("T")
 def in_cloud(home: Path, scenario: Callable[[Cloud], Awaitable[T]]) -> T:
     """Run `scenario` against a deterministic cloud built in this process (no socket)."""
     async def main() -> T:
-        cloud = Cloud(CloudSettings(home=home, deterministic=True), "http://127.0.0.1:1")
+        cloud = Cloud(CloudSettings(home=home, deterministic=True, virt="model"),
+                      "http://127.0.0.1:1")
         try:
             await cloud.start()
             return await scenario(cloud)

@@ -187,7 +187,9 @@ def test_keypair_create_from_a_public_key_file(openstack_cli: Run, tmp_path: Pat
 
 def test_image_list(openstack_cli: Run) -> None:
     listed = as_json(openstack_cli("image", "list", "-f", "json"))
-    assert [(i["Name"], i["Status"]) for i in listed] == [(IMAGE_NAME, "active")]
+    assert sorted((i["Name"], i["Status"]) for i in listed) == [
+        (IMAGE_NAME, "active"), (f"{IMAGE_NAME}-kernel", "active"),
+        (f"{IMAGE_NAME}-ramdisk", "active")]
 
 
 def test_compute_service_list_as_admin(openstack_cli: Run) -> None:

@@ -21,14 +21,15 @@ from conftest import LAB_PASSWORDS, auth_header, connection, start_cloud, stop_c
 from labkit.cloud import errors
 from labkit.cloud.db import Database
 from labkit.cloud.ids import IdSource
-from labkit.cloud.image.models import Caller, ImageBase, Images, ListQuery
+from labkit.cloud.image.models import Caller, ImageBase, Images, ListQuery, lab_image_file
 from labkit.cloud.process import CloudInfo
 from labkit.paths import lab_dir
 
 PATCH = "application/openstack-images-v2.1-json-patch"
 LAB = yaml.safe_load((lab_dir() / "images.yaml").read_text())
 TINY = next(i for i in LAB["images"] if i["name"] == "labkit-tiny")
-TINY_BYTES = (lab_dir() / TINY["file"]).read_bytes()
+# the built guest's machine image, or its placeholder while the guest is not built
+TINY_BYTES = lab_image_file(lab_dir(), TINY).read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,11 @@ def test_sdk_lists_the_lab_image(demo_conn: Connection) -> None:
     tiny = images["labkit-tiny"]
     assert tiny.id == TINY["id"]
     assert (tiny.status, tiny.visibility, tiny.disk_format, tiny.container_format) == (
-        "active", "public", "raw", "bare")
+        "active", "public", "ami", "ami")
+    assert tiny.kernel_id == images["labkit-tiny-kernel"].id
+    assert tiny.ramdisk_id == images["labkit-tiny-ramdisk"].id
+    assert (images["labkit-tiny-kernel"].disk_format,
+            images["labkit-tiny-ramdisk"].disk_format) == ("aki", "ari")
     assert tiny.min_ram == TINY["min_ram"] and tiny.min_disk == TINY["min_disk"]
     assert tiny.size == len(TINY_BYTES)
     assert tiny.checksum == hashlib.md5(TINY_BYTES).hexdigest()
@@ -634,7 +639,7 @@ def test_get_image_hides_other_projects_private_images(images: Images) -> None:
 def test_load_lab_is_idempotent(images: Images) -> None:
     first = images.load_lab(lab_dir(), owner="admin-project")
     second = images.load_lab(lab_dir(), owner="admin-project")
-    assert first == second == [TINY["id"]]
+    assert first == second == [i["id"] for i in LAB["images"]]
     admin = Caller(project_id="admin-project", is_admin=True)
     page, _ = images.list_images(admin, ListQuery(filters={"name": "labkit-tiny"}))
     assert len(page) == 1

@@ -15,6 +15,7 @@ from starlette.routing import Mount, Route
 
 from labkit.cloud.bus import MessageBus
 from labkit.cloud.compute import ComputeService
+from labkit.cloud.compute.api.metadata import build_metadata_app, load_or_create_secret
 from labkit.cloud.db import Database
 from labkit.cloud.identity.backend import IdentityBackend
 from labkit.cloud.identity.bootstrap import bootstrap
@@ -55,6 +56,9 @@ class Cloud:
         self.placement = PlacementService(self)
         self.network = NetworkService(self)
         self.compute = ComputeService(self)
+        # what nova-api-metadata and the metadata proxies share (neutron's
+        # metadata_proxy_shared_secret): the proxies sign each guest's instance id with it
+        self.metadata_secret = load_or_create_secret(home)
         self.mounted: dict[str, Service] = {
             "image": self.image, "placement": self.placement, "network": self.network,
             "compute": self.compute}
@@ -110,6 +114,8 @@ def build_app(cloud: Cloud, on_stop: Callable[[], None] | None = None) -> TraceM
         Route("/identity", versions, methods=["GET"]),
         Mount("/identity", app=cloud.protected(identity, "keystone", anonymous_paths(identity))),
         *service_routes(cloud),
+        # nova-api-metadata: no token, each request signed by the metadata proxy instead
+        Mount("/metadata", app=build_metadata_app(cloud.compute, cloud.metadata_secret)),
         Mount("/labkit/v1", app=cloud.protected(build_inspection_app(cloud), "labkit-inspector",
                                                 never_anonymous)),
     ])

@@ -25,6 +25,7 @@ from labkit.cloud.network import render as network_render
 from labkit.cloud.network.topology import Topology, topology_to_dict
 from labkit.cloud.network.walk import PROTOCOLS, format_walk, packet_walk
 from labkit.cloud.network.wiring import HostWiring, wire
+from labkit.cloud.virt.driver import GuestNotFound
 
 if TYPE_CHECKING:
     from labkit.cloud.app import Cloud
@@ -136,6 +137,26 @@ def build_inspection_app(cloud: Cloud) -> Starlette:
         return JSONResponse({"server_id": uuid, "request_ids": list(request_ids),
                              "events": [e.to_dict() for e in events]})
 
+    async def guest(request: Request) -> Response:
+        """What the server's hypervisor holds: the driver, and on qemu the domain XML, the
+        qemu command line, the console log's path, the loopback forwards of its floating
+        IPs and the image cache's answers."""
+        admin(request)
+        uuid = request.path_params["server_id"]
+        with cloud.compute.database.session() as s:
+            instance = cloud.compute.instances.get(s, uuid, include_deleted=True)
+            host = instance.host
+        manager = cloud.compute.computes.get(host or "")
+        if manager is None:
+            raise NotFound(f"Server {uuid} is on no compute host")
+        try:
+            described = manager.driver.describe(uuid)
+        except GuestNotFound as exc:
+            raise NotFound(f"The hypervisor on {host} has no guest for server {uuid}") from exc
+        return JSONResponse({"server_id": uuid, "host": host,
+                             "instance_name": instance.name,
+                             "driver": manager.driver.name, **described})
+
     async def scheduler_hosts(request: Request) -> Response:
         """The hosts as the scheduler sees them now, and how it is configured."""
         admin(request)
@@ -219,6 +240,7 @@ def build_inspection_app(cloud: Cloud) -> Starlette:
         Route("/servers/{server_id}/scheduling", scheduling, methods=["GET"]),
         Route("/servers/{server_id}/trace", server_trace, methods=["GET"]),
         Route("/scheduler/hosts", scheduler_hosts, methods=["GET"]),
+        Route("/guests/{server_id}", guest, methods=["GET"]),
         Route("/trace", trace, methods=["GET"]),
         Route("/tokens/decode", decode_token, methods=["POST"]),
         Route("/db/{service}/{table}", table_rows, methods=["GET"]),

@@ -20,7 +20,7 @@ from labkit.paths import cloud_home
 
 # What `reset` removes: the state, never the settings or the log.
 STATE_FILES = ("*.sqlite", "*.sqlite-wal", "*.sqlite-shm", "boot", "fernet-keys", "clouds.yaml",
-               "up.lock")
+               "up.lock", "hosts")
 
 
 # How labkit's own "is it up?" requests name themselves in the trace.
@@ -111,8 +111,25 @@ def _wait_until_up(proc: subprocess.Popen[bytes], home: Path, timeout: float) ->
 
 
 def down(home: Path | None = None, timeout: float = 10) -> bool:
-    """Stop the cloud and everything it started. True if one was running."""
+    """Stop the cloud and everything it started, its guests included. True if one was
+    running."""
     home = home or cloud_home()
+    try:
+        return _stop_server(home, timeout)
+    finally:
+        # guests of a cloud that crashed, or that did not stop them in time
+        _kill_guests(home)
+
+
+def _kill_guests(home: Path) -> None:
+    if not (home / "hosts").is_dir():
+        return
+    from labkit.cloud.virt.qemu import kill_orphans
+
+    kill_orphans(home)
+
+
+def _stop_server(home: Path, timeout: float) -> bool:
     try:
         pid = json.loads((home / "cloud.json").read_text())["pid"]
     except (OSError, ValueError, KeyError):

@@ -10,6 +10,11 @@ from pathlib import Path
 from labkit.paths import cloud_home, lab_dir
 
 PACES = ("fast", "teach")
+# the hypervisor driver: qemu boots real guests, model runs none (nova's fake driver);
+# auto picks qemu when qemu and the built guest image are both here
+VIRT_DRIVERS = ("auto", "qemu", "model")
+# nova's [libvirt] virt_type: kvm where /dev/kvm is usable, else qemu (TCG)
+VIRT_TYPES = ("auto", "kvm", "qemu")
 
 
 def env_flag(name: str, default: bool = False) -> bool:
@@ -33,12 +38,22 @@ class CloudSettings:
     # keystone's default bcrypt cost is 12; the lab trades strength for speed.
     bcrypt_rounds: int = 4
     token_ttl: int = 3600  # seconds, keystone's [token] expiration default
+    virt: str = "auto"
+    virt_type: str = "auto"
+    # nova's sync_power_state_interval (600 s there): how often the compute hosts compare
+    # what the database says with what the hypervisor reports
+    power_sync_interval: float = 2.0
 
     def __post_init__(self) -> None:
         if self.pace not in PACES:
             raise ValueError(f"pace must be one of {', '.join(PACES)}, not {self.pace!r}")
         if not 4 <= self.bcrypt_rounds <= 31:
             raise ValueError("bcrypt_rounds must be between 4 and 31")
+        if self.virt not in VIRT_DRIVERS:
+            raise ValueError(f"virt must be one of {', '.join(VIRT_DRIVERS)}, not {self.virt!r}")
+        if self.virt_type not in VIRT_TYPES:
+            raise ValueError(f"virt_type must be one of {', '.join(VIRT_TYPES)}, "
+                             f"not {self.virt_type!r}")
 
     @classmethod
     def from_env(cls, **overrides: object) -> CloudSettings:
@@ -50,6 +65,9 @@ class CloudSettings:
             "seed": int(os.environ.get("LABKIT_SEED", "2013")),
             "bcrypt_rounds": int(os.environ.get("LABKIT_BCRYPT_ROUNDS", "4")),
             "token_ttl": int(os.environ.get("LABKIT_TOKEN_TTL", "3600")),
+            "virt": os.environ.get("LABKIT_VIRT", "auto"),
+            "virt_type": os.environ.get("LABKIT_VIRT_TYPE", "auto"),
+            "power_sync_interval": float(os.environ.get("LABKIT_POWER_SYNC_INTERVAL", "2")),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
@@ -68,4 +86,6 @@ class CloudSettings:
         data = json.loads(text)
         data["home"] = Path(data["home"])
         data["lab"] = Path(data["lab"])
-        return cls(**data)
+        known = cls.__dataclass_fields__
+        # a settings.json from an older labkit lacks the newer fields: their defaults apply
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -19,6 +19,7 @@ instance in a state the user can act on (ERROR, or its task state cleared).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 import weakref
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from labkit.cloud.bus import MessageContext
 from labkit.cloud.compute import vif as os_vif
 from labkit.cloud.compute.instance_events import InstanceEvents
-from labkit.cloud.compute.instances import NOSTATE, RUNNING, SHUTDOWN, Instance
+from labkit.cloud.compute.instances import CRASHED, NOSTATE, RUNNING, SHUTDOWN, Instance
 from labkit.cloud.compute.network import NetworkAllocationFailed, PortBindingFailed
 from labkit.cloud.compute.states import set_state
 from labkit.cloud.errors import NotFound
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 BUILD_EVENT = "compute__do_build_and_run_instance"
+POWER_NAMES = {NOSTATE: "NOSTATE", RUNNING: "Running", SHUTDOWN: "Shutdown",
+               CRASHED: "Crashed", 3: "Paused", 7: "Suspended"}
 
 
 class TaskChanged(Exception):
@@ -51,6 +54,12 @@ class BuildAborted(Exception):
 
 
 PLUGGED = "network-vif-plugged"
+# power states the hypervisor reports for a guest that no longer runs
+STOPPED_POWER = (SHUTDOWN, CRASHED, NOSTATE)
+# the request a driver call works for: the driver's own HTTP calls (the image download
+# from glance) carry it, so the trace shows them inside the build
+current_request: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "current_request", default=None)
 
 
 class ComputeManager:
@@ -65,6 +74,7 @@ class ComputeManager:
             weakref.WeakValueDictionary())
         # what builds here wait for from neutron (network-vif-plugged per port)
         self.events = InstanceEvents()
+        self._background: set[asyncio.Task[None]] = set()
 
     def _lock(self, uuid: str) -> asyncio.Lock:
         lock = self._locks.get(uuid)
@@ -160,18 +170,35 @@ class ComputeManager:
         self._step(ctx, uuid, ("networking",), task_state="block_device_mapping")
         await self._pause()
         self._step(ctx, uuid, ("block_device_mapping",), task_state="spawning")
-        flavor = spec["flavor"]
         instance = self._row(uuid)
-        guest = GuestSpec(uuid=uuid, name=instance.name, vcpus=flavor["vcpus"],
-                          memory_mb=flavor["memory_mb"], root_gb=flavor["root_gb"],
-                          image=spec.get("image", {}), user_data=instance.user_data,
-                          key_data=instance.key_data, network_info=network_info)
+        # the whole image, properties and all (kernel_id, ramdisk_id), as the conductor
+        # hands nova-compute the image's metadata
+        image = self.nova.images.get_image(instance.image_ref, instance.project_id,
+                                           is_admin=True)
+        guest = self._guest_spec(ctx, instance, {**spec, "image": image}, network_info)
         await self._plug_vifs(ctx, uuid, network_info)
         self._driver_call(ctx, f"spawn {guest.name}", vcpus=guest.vcpus,
                           memory_mb=guest.memory_mb)
+        current_request.set(ctx.request_id)
         await self.driver.spawn(guest)
+        # floating IPs the ports had before the boot
+        await self.driver.network_changed(uuid, network_info)
         self._step(ctx, uuid, ("spawning",), vm_state="active", task_state=None,
                    power_state=self.driver.power_state(uuid), launched_at=time.time())
+
+    @staticmethod
+    def _guest_spec(ctx: MessageContext, instance: Instance, spec: dict[str, Any],
+                    network_info: list[dict[str, Any]]) -> GuestSpec:
+        flavor = spec["flavor"]
+        return GuestSpec(
+            uuid=instance.uuid, name=instance.name, vcpus=flavor["vcpus"],
+            memory_mb=flavor["memory_mb"], root_gb=flavor["root_gb"],
+            image=spec.get("image", {}), user_data=instance.user_data,
+            key_data=instance.key_data, network_info=network_info,
+            hostname=instance.hostname, display_name=instance.display_name,
+            project_id=instance.project_id, user_id=instance.user_id,
+            flavor=dict(instance.flavor or flavor), request_id=ctx.request_id,
+            created_at=instance.created_at)
 
     def _event(self, ctx: MessageContext, uuid: str, summary: str, **detail: Any) -> None:
         self.nova.trace.record(TraceEvent(
@@ -318,9 +345,11 @@ class ComputeManager:
                 self._event(ctx, uuid, f"dropped {key}: the instance is not here")
                 continue
             if name == "network-changed":
-                await self.nova.network.get_instance_nw_info(ctx, row)
+                network_info = await self.nova.network.get_instance_nw_info(ctx, row)
                 self._event(ctx, uuid, f"{key}: network info cache refreshed", event=name,
                             tag=tag)
+                # a floating IP came or went: the hypervisor forwards it (or stops)
+                await self.driver.network_changed(uuid, network_info)
             elif name == "network-vif-deleted":
                 self._forget_vif(uuid, tag)
                 self._event(ctx, uuid, f"{key}: port removed from the network info cache",
@@ -339,6 +368,67 @@ class ComputeManager:
         kept = [vif for vif in network_info if vif["id"] != port_id]
         if len(kept) != len(network_info):
             self.nova.instances.set_network_info(uuid, kept)
+
+    # -- the console
+
+    async def get_console_output(self, ctx: MessageContext, instance_uuid: str,
+                                 tail_length: int | None) -> str:
+        """nova-compute's get_console_output: the driver reads the guest's console log."""
+        self._driver_call(ctx, f"get_console_output {instance_uuid[:8]}",
+                          tail_length=tail_length)
+        return self.driver.console_output(instance_uuid, tail_length)
+
+    # -- power state sync (nova's _sync_power_states periodic task)
+
+    def power_changed(self, uuid: str) -> None:
+        """The driver saw a guest stop on its own (its qemu exited): sync now, not at the
+        next periodic run, as libvirt's lifecycle events make nova do."""
+        task = asyncio.get_running_loop().create_task(self.sync_power_state(uuid))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def sync_power_states(self) -> None:
+        for instance in self.nova.instances_on(self.host):
+            await self.sync_power_state(instance.uuid)
+
+    async def sync_power_state(self, uuid: str) -> None:
+        """Compare the database with the hypervisor. A guest that stopped by itself while
+        the database says active is stopped through the stop path, as nova's
+        _sync_instance_power_state does; an instance with a task under way is left to it."""
+        lock = self._lock(uuid)
+        if lock.locked():
+            return  # an operation is under way; the next sync looks again
+        async with lock:
+            row = self._row(uuid)
+            if row.deleted or row.host != self.host or row.task_state is not None:
+                return
+            power = self.driver.power_state(uuid)
+            if power == row.power_state:
+                return
+            ctx = MessageContext(request_id=None, source=self.component)
+            self._event(ctx, uuid, f"power state sync: database {POWER_NAMES.get(row.power_state)}"
+                        f", hypervisor {POWER_NAMES.get(power)}", vm_state=row.vm_state,
+                        db_power_state=row.power_state, vm_power_state=power)
+            if row.vm_state == "active" and power in STOPPED_POWER:
+                # "Instance shutdown by itself. Calling the stop API."
+                self._stopped_by_itself(ctx, row, power)
+            elif row.vm_state == "stopped" and power == RUNNING:
+                # running although stopped: nova stops it again
+                await self.driver.power_off(uuid)
+                self._state(ctx, uuid, power_state=self.driver.power_state(uuid))
+            else:
+                self._state(ctx, uuid, power_state=power)
+
+    def _stopped_by_itself(self, ctx: MessageContext, row: Instance, power: int) -> None:
+        # nova's periodic task makes its own request context, so its own request id
+        request_id = self.nova.ids.request_id()
+        ctx = MessageContext(request_id=request_id, source=self.component)
+        with self.nova.database.session() as s:
+            self.nova.instances.start_action(s, row.uuid, "stop", request_id, "", "")
+        self.nova.instances.start_event(row.uuid, request_id, "compute_stop_instance",
+                                        self.host)
+        self._state(ctx, row.uuid, vm_state="stopped", task_state=None, power_state=power)
+        self.nova.instances.finish_event(row.uuid, request_id, "compute_stop_instance")
 
     # -- start of the service
 
@@ -359,3 +449,6 @@ class ComputeManager:
                     self._state(ctx, instance.uuid, task_state=None)
                 power = RUNNING if instance.vm_state == "active" else SHUTDOWN
                 self.driver.adopt(instance.uuid, power)
+        # what the hypervisor found may differ from the records (a guest that died while
+        # the cloud was down): the first sync runs now
+        await self.sync_power_states()

@@ -20,6 +20,7 @@ from labkit.cloud.bus import MessageContext
 from labkit.cloud.compute.instances import NOSTATE, Instance
 from labkit.cloud.compute.states import set_state
 from labkit.cloud.errors import BadRequest, Conflict, Forbidden, NotFound
+from labkit.cloud.virt.driver import GuestNotFound
 
 if TYPE_CHECKING:
     from labkit.cloud.compute.service import ComputeService
@@ -366,6 +367,17 @@ class ServersAPI:
             self._check(ctx, "reboot", instance, ("active",))
         task = "rebooting_hard" if reboot_type == "HARD" else "rebooting"
         self._act(ctx, instance, "reboot", task, "reboot_instance", reboot_type=reboot_type)
+
+    async def console_output(self, ctx: MessageContext, uuid: str, length: int | None) -> str:
+        """The guest's console log, asked of its compute host (an RPC call, as nova's)."""
+        instance = self.instance(ctx, uuid)
+        self._require_host(instance)
+        try:
+            return await self.nova.bus.call(ctx, f"compute.{instance.host}",
+                                            "get_console_output", instance_uuid=uuid,
+                                            tail_length=length)
+        except GuestNotFound as exc:
+            raise NotFound("Guest does not have a console available.") from exc
 
     def delete(self, ctx: MessageContext, uuid: str) -> None:
         nova = self.nova

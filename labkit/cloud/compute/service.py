@@ -7,6 +7,8 @@ the API only casts to the conductor, as nova-api does.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +21,7 @@ from labkit.cloud.compute import api
 from labkit.cloud.compute.api import versions
 from labkit.cloud.compute.base import ComputeBase
 from labkit.cloud.compute.conductor import ConductorManager
+from labkit.cloud.compute.drivers import driver_name, make_driver
 from labkit.cloud.compute.flavors import Flavors
 from labkit.cloud.compute.hosts import Hosts
 from labkit.cloud.compute.instances import NOSTATE, Instance, Instances
@@ -35,12 +38,13 @@ from labkit.cloud.db import Database
 from labkit.cloud.errors import Conflict
 from labkit.cloud.service_client import ServiceClient, service_password
 from labkit.cloud.trace import TraceEvent
-from labkit.cloud.virt.model import ModelDriver
 from labkit.scheduling import inventories_of
 
 if TYPE_CHECKING:
     from labkit.cloud.app import Cloud
     from labkit.cloud.placement.models import Placement
+
+log = logging.getLogger(__name__)
 
 # seconds each step of a build or an action takes: none in tests, enough to watch in class
 STEP_SECONDS = {"fast": 0.0, "teach": 1.5}
@@ -62,7 +66,8 @@ class ComputeService:
         self.database = Database(settings.home / "nova.sqlite", ComputeBase)
         self.placement: Placement = cloud.placement.backend
         self.images = cloud.image.images
-        self.network_client: ServiceClient | None = None
+        self._client: ServiceClient | None = None
+        self._cloud = cloud
         self.network: NetworkAPI = self._network_api(cloud)
         # how long a build waits for neutron's network-vif-plugged, and whether not
         # hearing it fails the build
@@ -77,9 +82,13 @@ class ComputeService:
         self.quotas = Quotas(self.database)
         self.conductor = ConductorManager(self)
         self.scheduler = SchedulerManager(self)
-        self.computes = {h["name"]: ComputeManager(self, h["name"],
-                                                   ModelDriver(h["name"], self.step_seconds))
-                         for h in self.hosts.compute_hosts()}
+        # nova's compute_driver, the same on every host
+        self.driver_name = driver_name(cloud)
+        self.computes = {h["name"]: ComputeManager(
+            self, h["name"], make_driver(cloud, self, h["name"], self.driver_name))
+            for h in self.hosts.compute_hosts()}
+        self.power_sync_interval = settings.power_sync_interval
+        self._power_sync: asyncio.Task[None] | None = None
         self._register()
         self.app = api.build_compute_app(self)
 
@@ -88,9 +97,22 @@ class ComputeService:
         service (mounted before nova); else no ports at all."""
         if getattr(cloud, "network", None) is None:
             return NoNetwork()
-        self.network_client = ServiceClient(cloud, "nova", service_password(
-            cloud.settings.lab, "nova"), component="nova-compute")
-        return NeutronNetworkAPI(self, self.network_client)
+        return NeutronNetworkAPI(self, self.service_client())
+
+    def service_client(self) -> ServiceClient:
+        """nova's one HTTP client to the other services (neutron, glance), as user nova."""
+        if self._client is None:
+            self._client = ServiceClient(self._cloud, "nova", service_password(
+                self._cloud.settings.lab, "nova"), component="nova-compute")
+        return self._client
+
+    def driver_event(self, host: str, request_id: str | None, summary: str,
+                     detail: dict[str, Any]) -> None:
+        """A step the hypervisor driver took (the image cache, the qemu process)."""
+        self.trace.record(TraceEvent(
+            kind="event", source=f"nova-compute@{host}",
+            target=f"{self.driver_name} driver@{host}", summary=summary,
+            request_id=request_id, detail=detail))
 
     def _register(self) -> None:
         """What each nova service does when it starts: its row, its node, its inventory."""
@@ -124,12 +146,28 @@ class ComputeService:
         for manager in self.computes.values():
             await manager.init_host(ctx.sent_by(manager.component))
         self._fail_lost_builds(ctx.sent_by("nova-conductor"))
+        self._power_sync = asyncio.get_running_loop().create_task(self._sync_power_states())
+
+    async def _sync_power_states(self) -> None:
+        """nova's periodic _sync_power_states, on every host, every power_sync_interval."""
+        while True:
+            await asyncio.sleep(self.power_sync_interval)
+            for manager in self.computes.values():
+                try:
+                    await manager.sync_power_states()
+                except Exception:  # one bad guest must not end the periodic task
+                    log.exception("power state sync on %s failed", manager.host)
 
     async def stop(self) -> None:
+        if self._power_sync is not None:
+            self._power_sync.cancel()
         # long enough for a build at the teach pace to finish rather than be cut off
         await self.bus.drain(timeout=30)
-        if self.network_client is not None:
-            await self.network_client.aclose()
+        # the hosts go down with the cloud: no guest outlives it
+        for manager in self.computes.values():
+            await manager.driver.shutdown()
+        if self._client is not None:
+            await self._client.aclose()
 
     def close(self) -> None:
         self.database.close()

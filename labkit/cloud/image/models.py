@@ -947,15 +947,27 @@ class Images:
                     "min_ram", "min_disk", "protected", "os_hidden") if k in image}
                 attributes["owner"] = owner
                 properties = {k: str(v) for k, v in (image.get("properties") or {}).items()}
+                file = image.get("file") or ""
+                if file.startswith("guest:") and _guest_file(file) is None:
+                    properties[PLACEHOLDER] = ("the tiny guest is not built: these bytes are "
+                                               "a placeholder (`labkit image build`, then "
+                                               "`labkit cloud reset`)")
                 self.create_image(admin, attributes, properties, image.get("tags") or [])
                 status = "queued"
             elif status == "saving":
                 self._restore_queued(image_id)
                 status = "queued"
-            if status == "queued" and image.get("file"):
-                self.store_data(admin, image_id, _read_chunks(lab / image["file"]))
+            source = lab_image_file(lab, image)
+            if status == "queued" and source is not None:
+                self.store_data(admin, image_id, _read_chunks(source))
             made.append(image_id)
         return made
+
+    def lab_placeholders(self) -> list[str]:
+        """The names of lab images that hold a placeholder instead of the built guest."""
+        with self.db.session() as s:
+            return sorted(row.name for row in s.scalars(select(ImageRow))
+                          if any(p.name == PLACEHOLDER for p in row.properties))
 
     def forget_partial_uploads(self) -> None:
         """After a restart, uploads that were under way when the cloud stopped are over."""
@@ -966,6 +978,32 @@ class Images:
                 select(ImageRow.id))))
             for row in s.scalars(select(ImageRow).where(ImageRow.status == "saving")):
                 row.status = "queued"
+
+
+# the property that marks a lab image loaded while the tiny guest was not built
+PLACEHOLDER = "labkit_placeholder"
+
+
+def _guest_file(file: str) -> Path | None:
+    """`guest:<part>` (kernel, ramdisk, disk): that file of the built guest, if built."""
+    if not file.startswith("guest:"):
+        return None
+    from labkit.cloud.guest import built_image
+
+    built = built_image()
+    return getattr(built, file.removeprefix("guest:")) if built is not None else None
+
+
+def lab_image_file(lab: Path, image: dict[str, Any]) -> Path | None:
+    """Where a lab image's bytes come from: the built guest's part, a file under data/, or
+    its placeholder while the guest is not built."""
+    file = image.get("file")
+    if not file:
+        return None
+    if file.startswith("guest:"):
+        built = _guest_file(file)
+        return built if built is not None else lab / image["placeholder"]
+    return lab / file
 
 
 def _read_chunks(path: Path, size: int = 1 << 20) -> Iterable[bytes]:

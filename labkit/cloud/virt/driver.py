@@ -1,7 +1,7 @@
 """The driver interface nova-compute talks to, as nova.virt.driver.ComputeDriver.
 
 The compute manager never asks which driver it has. `model` runs no process (nova's
-fake driver plays this role); the qemu driver (a later issue) boots real guests.
+fake driver plays this role); `qemu` boots real guests (labkit/cloud/virt/qemu.py).
 """
 
 from __future__ import annotations
@@ -27,11 +27,20 @@ class GuestSpec:
     vcpus: int
     memory_mb: int
     root_gb: int
-    image: dict[str, Any]
+    image: dict[str, Any]  # glance's image: id, name, disk_format, properties (kernel_id ...)
     image_path: str | None = None  # the image's bytes on disk, when the driver needs them
     user_data: str | None = None
     key_data: str | None = None
     network_info: list[dict[str, Any]] = field(default_factory=list)
+    hostname: str = ""
+    display_name: str = ""
+    project_id: str = ""
+    user_id: str = ""
+    # the flavor as nova keeps a copy: name, memory_mb, vcpus, root_gb, ephemeral_gb, swap,
+    # flavorid, extra_specs
+    flavor: dict[str, Any] = field(default_factory=dict)
+    request_id: str | None = None  # the build's request, so the driver's steps join its trace
+    created_at: float = 0.0
 
 
 class Driver(Protocol):
@@ -51,3 +60,15 @@ class Driver(Protocol):
 
     def adopt(self, uuid: str, power_state: int) -> None:
         """After a restart of the cloud: take charge of a guest the records say is here."""
+
+    def console_output(self, uuid: str, lines: int | None = None) -> str:
+        """The guest's serial console log, the last `lines` lines (all when None)."""
+
+    async def network_changed(self, uuid: str, network_info: list[dict[str, Any]]) -> None:
+        """The instance's ports changed (a floating IP, say): apply what the host must."""
+
+    def describe(self, uuid: str) -> dict[str, Any]:
+        """What the hypervisor holds for this guest, for the inspection API."""
+
+    async def shutdown(self) -> None:
+        """The compute service is stopping."""

@@ -64,3 +64,22 @@ class ModelDriver:
     def adopt(self, uuid: str, power_state: int) -> None:
         """After a restart of the cloud: the records say the guest exists, so it does."""
         self.guests.setdefault(uuid, {"spec": {}, "power_state": power_state})
+
+    def console_output(self, uuid: str, lines: int | None = None) -> str:
+        """No guest runs, so no console: say so in the console's place, as nova's fake
+        driver answers with fixed lines."""
+        self._guest(uuid)
+        text = [f"The model driver on {self.host} runs no guest, so there is no console.",
+                "Boot on the qemu driver to see a real one (LABKIT_VIRT=qemu)."]
+        return "\n".join(text[-lines:] if lines else text) + "\n"
+
+    async def network_changed(self, uuid: str, network_info: list[dict[str, Any]]) -> None:
+        """Nothing to forward: no guest listens."""
+
+    def describe(self, uuid: str) -> dict[str, Any]:
+        guest = self._guest(uuid)
+        return {"driver": self.name, "host": self.host, "power_state": guest["power_state"],
+                "note": "the model driver keeps records only: no domain XML, no process"}
+
+    async def shutdown(self) -> None:
+        """Records only: nothing runs."""

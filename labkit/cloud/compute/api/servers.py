@@ -1,4 +1,5 @@
-"""/v2.1/servers: create, list, show, update, delete, and the actions stop, start, reboot.
+"""/v2.1/servers: create, list, show, update, delete, and the actions stop, start, reboot
+and os-getConsoleOutput.
 
 The body a server shows depends on the microversion (2.3 extended attributes,
 2.9 locked, 2.16 host_status, 2.19 description, 2.26 tags, 2.47 the flavor
@@ -86,6 +87,13 @@ def create_schema(v: APIVersion) -> dict[str, Any]:
         "os:scheduler_hints": {"type": "object"},
         "OS-SCH-HNT:scheduler_hints": {"type": "object"}},
         "required": ["server"], "additionalProperties": False}
+
+
+# nova's console_output schema: length as a number or a string of digits, -1 for all
+CONSOLE_OUTPUT = {"type": "object", "properties": {"os-getConsoleOutput": {
+    "type": ["object", "null"], "properties": {"length": {
+        "type": ["integer", "string", "null"], "pattern": "^-?[0-9]+$", "minimum": -1}},
+    "additionalProperties": False}}}
 
 
 def _ctx(request: Request) -> MessageContext:
@@ -449,6 +457,16 @@ def routes(nova: Any) -> list[Route]:
                     "type": "string", "enum": ["HARD", "Hard", "hard", "SOFT", "Soft", "soft"]}},
                 "required": ["type"], "additionalProperties": False}}})
             servers.reboot(ctx, uuid, args["type"].upper())
+        elif name == "os-getConsoleOutput":
+            validate(body, CONSOLE_OUTPUT)
+            length = (args or {}).get("length")
+            if length is not None and int(length) < -1:  # a string slips past "minimum"
+                raise BadRequest(f"Invalid input for field/attribute length. Value: {length}. "
+                                 f"{length} is less than the minimum of -1")
+            # -1 (or none) means the whole log
+            tail = None if length is None or int(length) == -1 else int(length)
+            output = await servers.console_output(ctx, uuid, tail)
+            return JSONResponse({"output": output})
         else:
             raise BadRequest(f"There is no such action: {name}")
         return Response(status_code=202)
