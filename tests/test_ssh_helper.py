@@ -1,4 +1,4 @@
-"""labkit.ssh, the notebook's way into a guest: key pairs, where to connect, running commands.
+"""labkit.ssh_client, the way into a guest: key pairs, where to connect, running commands.
 
 Key pairs and endpoints against one fresh embedded cloud (model driver) through
 openstacksdk. Commands run against a small ssh server made with paramiko on a free
@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from openstack.connection import Connection
 
 from conftest import wait_for
-from labkit import ssh
+from labkit import ssh_client as ssh
 from labkit.cloud.process import CloudInfo
 from labkit.paths import keys_dir
 

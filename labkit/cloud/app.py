@@ -62,7 +62,8 @@ class Cloud:
         self.mounted: dict[str, Service] = {
             "image": self.image, "placement": self.placement, "network": self.network,
             "compute": self.compute}
-        self.services = {"keystone": "/identity", "labkit-inspector": "/labkit/v1"}
+        self.services = {"keystone": "/identity", "labkit-inspector": "/labkit/v1",
+                         "nova-api-metadata": "/metadata"}
         self.services.update({s.name: s.path for s in self.mounted.values()})
 
     def databases(self) -> dict[str, tuple[Database, type[DeclarativeBase]]]:

@@ -31,6 +31,7 @@ SERVICES = {
     "volume": "cinder-api",
     "placement": "placement-api",
     "labkit": "labkit-inspector",
+    "metadata": "nova-api-metadata",
 }
 
 

@@ -1,9 +1,9 @@
 """ssh from a notebook into a server, the way a user reaches a guest through its floating IP.
 
-    key = labkit.ssh.ensure_keypair(conn)             # a local key, imported as "labkit-key"
+    key = labkit.ensure_keypair(conn)                 # a local key, imported as "labkit-key"
     server = conn.compute.create_server(..., key_name="labkit-key")
-    labkit.ssh.wait_for_console(conn, server)         # the guest says it is ready
-    labkit.ssh.run(conn, server, "uname -a")          # after `server add floating ip`
+    labkit.wait_for_console(conn, server)             # the guest says it is ready
+    labkit.ssh(server, "uname -a", conn=conn)         # after `server add floating ip`
 
 On a real cloud the floating IP is the guest's address and ssh listens on port 22.
 On the embedded cloud a floating IP is a loopback port that qemu forwards to the
@@ -322,12 +322,12 @@ def run(conn: Connection | None, server: Server | str | None, command: str, *,
         assert found is not None
         if not found.key_name:
             raise NoSshRoute(f"Server {found.name} was booted without a key pair, so no key "
-                             f"can log in. Boot it with key_name (labkit.ssh.ensure_keypair "
+                             f"can log in. Boot it with key_name (labkit.ensure_keypair "
                              f"makes {DEFAULT_KEY!r}).")
         key_file = keys_dir() / found.key_name
         if not key_file.exists():
             raise FileNotFoundError(
-                f"No private key {key_file} for key pair {found.key_name!r}: labkit.ssh."
+                f"No private key {key_file} for key pair {found.key_name!r}: labkit."
                 f"ensure_keypair(conn, {found.key_name!r}) makes one (and replaces the "
                 f"cloud's copy), or pass key_file=")
     if host is None or port is None:
