@@ -1,30 +1,42 @@
 """Figures a labkit user cares about, each beside its floor measured in the same run.
 
-    python bench/bench.py [--starts N] [--requests N]     (`make bench` runs it)
+    python bench/bench.py [--starts N] [--requests N] [--guest-runs N] [--no-guests]
+                                                           (`make bench` runs it)
 
 - Cloud cold start: `labkit.cloud.process.up()` on a fresh state folder until it returns
   (the first 200 from /identity/v3), as `labkit cloud up` and `labkit.connect()` wait for
   it; and `python -m labkit.cloud.server` alone, process start to first 200. Floor: a
-  trivial ASGI app on uvicorn, started as a subprocess and polled the same way.
+  trivial ASGI app on uvicorn, started as a subprocess and polled the same way. These
+  clouds take CloudSettings' defaults, as `labkit cloud up` does (they boot nothing).
 - Token issue: POST /identity/v3/auth/tokens (password, project scope, demo/DEMO_PASS)
   over one keep-alive httpx.Client. Floor: the same POST to a trivial ASGI app on uvicorn.
-- Boot: POST /compute/v2.1/servers (m1.nano, model driver, fast pace) until GET shows
-  ACTIVE, polled every 2 ms. Floor: the bare HTTP round trip.
-- Listing: GET /compute/v2.1/servers/detail with 100 servers (the admin raises the
-  demo project's quotas and the hosts' VCPU allocation ratio in placement to make room).
+- Boot: POST /compute/v2.1/servers (m1.nano, fast pace) until GET shows ACTIVE, polled
+  every 2 ms, on the model driver, asked for with virt="model": the default (auto) picks
+  qemu where qemu and the guest image exist, and this cloud goes on to boot 100 servers.
   Floor: the bare HTTP round trip.
+- Listing: GET /compute/v2.1/servers/detail with 100 servers on that model-driver cloud
+  (the admin raises the demo project's quotas and the hosts' VCPU allocation ratio in
+  placement to make room). Floor: the bare HTTP round trip.
+- Real guests (guests.py says how; `--no-guests` skips them, and they are skipped with
+  the reason printed when qemu or the built guest image is missing): one labkit-tiny
+  guest on the qemu driver to ACTIVE, to its console's ready line and to an ssh login,
+  beside the same image under a bare qemu started by hand (medians of `--guest-runs`);
+  eight guests booted at once; RSS per idle guest.
 
-Benchmarks report; they do not fail. Every process started here is stopped on the way out.
+Benchmarks report; they do not fail. Every process started here is stopped on the way out,
+also on an error, Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -38,6 +50,9 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout, installed or not
+sys.path.insert(0, str(REPO / "bench"))  # guests.py, however this file was started
+
+import guests  # noqa: E402
 
 from labkit.cloud import process  # noqa: E402
 from labkit.cloud.settings import CloudSettings  # noqa: E402
@@ -279,10 +294,11 @@ def _make_room(client: httpx.Client, url: str, admin: dict[str, str], project: s
 def compute_latencies(boots: int, requests: int, servers: int = 100
                       ) -> tuple[list[float], list[float]]:
     """Seconds from POST /servers to ACTIVE, per boot; then GET /servers/detail with
-    `servers` servers."""
+    `servers` servers. On the model driver, named outright: the default would boot a
+    real qemu guest for each of these servers where qemu and the guest image exist."""
     with workdir("compute") as home:
         try:
-            info = process.up(CloudSettings(home=home), timeout=START_TIMEOUT)
+            info = process.up(CloudSettings(home=home, virt="model"), timeout=START_TIMEOUT)
             url = info.url
             with httpx.Client(timeout=30) as client:
                 demo_token, project = _token(client, url, "demo", "DEMO_PASS", "demo")
@@ -332,23 +348,35 @@ def bare_latencies(n: int) -> list[float]:
 # --- the table ---------------------------------------------------------------------------
 
 @dataclass
-class Row:
+class Row:  # guests.Figure has the same fields
     figure: str
-    value: float  # seconds
+    value: float  # in `unit`
     floor_name: str
-    floor: float  # seconds
+    floor: float  # in `unit`
     target: str = ""
     met: bool | None = None
+    unit: str = "s"  # s or MiB
+    relative: str = "x"  # against the floor: "x" a ratio, "%" what the figure adds
 
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
+def shown(value: float, unit: str) -> str:
+    return ms(value) if unit == "s" else f"{value:.0f} {unit}"
+
+
+def versus(r: Row) -> str:
+    if r.relative == "%":
+        return f"{(r.value / r.floor - 1) * 100:+.0f} %"
+    return f"{r.value / r.floor:.1f}x"
+
+
 def table(rows: list[Row]) -> str:
-    head = ("figure", "value", "floor (same run)", "", "x floor", "target", "met")
-    lines = [(r.figure, ms(r.value), r.floor_name, ms(r.floor), f"{r.value / r.floor:.1f}x",
-              r.target or "-", "-" if r.met is None else ("yes" if r.met else "NO"))
+    head = ("figure", "value", "floor (same run)", "", "vs floor", "target", "met")
+    lines = [(r.figure, shown(r.value, r.unit), r.floor_name, shown(r.floor, r.unit),
+              versus(r), r.target or "-", "-" if r.met is None else ("yes" if r.met else "NO"))
              for r in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(head, *lines, strict=True)]
     right = {1, 3, 4}
@@ -365,11 +393,52 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--starts", type=int, default=5, help="cold starts of each kind")
     parser.add_argument("--requests", type=int, default=200, help="requests per latency run")
+    parser.add_argument("--guest-runs", type=int, default=3,
+                        help="boots of one real guest, on the cloud and bare (median)")
+    parser.add_argument("--guest-batch", type=int, default=8,
+                        help="real guests booted at once")
+    parser.add_argument("--guest-idle", type=float, default=10.0,
+                        help="seconds the batch idles after it is ready, before RSS is read")
+    parser.add_argument("--no-guests", action="store_true",
+                        help="skip the real-guest figures (qemu)")
     args = parser.parse_args(argv)
-    # the bench's own clouds only: no settings from the caller's shell
-    for name in [k for k in os.environ if k.startswith("LABKIT_")]:
+    # the bench's own clouds only: no settings from the caller's shell (but the guest
+    # image's cache, LABKIT_CACHE, is where the caller keeps it)
+    for name in [k for k in os.environ if k.startswith("LABKIT_") and k != "LABKIT_CACHE"]:
         del os.environ[name]
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop every cloud and qemu
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: every cloud and qemu started here was stopped", flush=True)
+        return 130
 
+
+def _interrupt(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup
+    raise KeyboardInterrupt
+
+
+def _guest_rows(args: argparse.Namespace) -> list[Row]:
+    """The real-guest figures, or none (with the reason printed)."""
+    why = "--no-guests" if args.no_guests else guests.unavailable()
+    if why is not None:
+        print(f"real guests: skipped ({why})", flush=True)
+        return []
+    print(f"real guests: qemu driver on {guests.accelerator()}; {args.guest_runs} boots of "
+          f"one guest (median), {args.guest_batch} at once, RSS after "
+          f"{args.guest_idle:.0f} s idle", flush=True)
+    try:
+        figures = guests.run(runs=args.guest_runs, batch=args.guest_batch,
+                             idle=args.guest_idle)
+    except Exception as exc:  # a benchmark reports: the other figures still stand
+        print(f"real guests: failed: {type(exc).__name__}: {exc}", flush=True)
+        return []
+    return [Row(**dataclasses.asdict(f)) for f in figures]
+
+
+def _run(args: argparse.Namespace) -> int:
     print(f"labkit bench: Python {platform.python_version()}, {os.cpu_count()} CPUs, "
           f"{args.starts} cold starts of each kind (median), {args.requests} requests "
           f"per latency run", flush=True)
@@ -384,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     tokens = token_latencies(args.requests)
     boots, detail = compute_latencies(boots=20, requests=args.requests // 4)
     bare = bare_latencies(args.requests)
+    guest_rows = _guest_rows(args)
 
     trivial = statistics.median(trivial_s)
     up = statistics.median(up_s)
@@ -401,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
             "bare HTTP round trip p50", bare_p50, "<= 300 ms", p(boots, 50) <= 0.3),
         Row("GET /servers/detail p50, 100 servers", p(detail, 50), "bare HTTP round trip p50",
             bare_p50, "<= 10 ms", p(detail, 50) <= 0.010),
+        *guest_rows,
     ]
     print()
     print(table(rows))

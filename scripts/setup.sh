@@ -142,8 +142,13 @@ model driver, which boots no real guests)"
         return 0
     fi
     say "guest image: labkit image build"
-    "$VENV/bin/labkit" image build \
-        || die "labkit image build failed (above): the qemu driver has no guest image to boot"
+    if "$VENV/bin/labkit" image build; then
+        return 0
+    fi
+    # CI must boot real guests; a reader's lab still works on the model driver
+    [ -n "${CI:-}" ] && die "labkit image build failed (above)"
+    printf 'setup: WARNING: labkit image build failed (above), so the embedded cloud runs its\n' >&2
+    printf '       model driver (no real guests) and the real-guest tests will fail.\n' >&2
 }
 
 system_packages

@@ -36,7 +36,7 @@ UNIX_PATH_MAX = 107  # sun_path holds 108 bytes, the last one a NUL
 ET.register_namespace("nova", NOVA_NS)
 
 
-def _short_socket_dir(folder: Path) -> Path:
+def short_socket_dir(folder: Path) -> Path:
     digest = hashlib.sha1(str(folder).encode()).hexdigest()[:12]  # noqa: S324 - a name, not a secret
     return Path(tempfile.gettempdir()) / f"labkit-qmp-{digest}"
 
@@ -61,7 +61,7 @@ class GuestPaths:
         folder = Path(folder)
         qmp = folder / "qmp.sock"
         if len(os.fsencode(qmp)) > UNIX_PATH_MAX:
-            qmp = _short_socket_dir(folder) / "qmp.sock"
+            qmp = short_socket_dir(folder) / "qmp.sock"
         return cls(folder=folder, disk=folder / "disk",
                    kernel=folder / "kernel" if kernel else None,
                    ramdisk=folder / "ramdisk" if ramdisk else None,

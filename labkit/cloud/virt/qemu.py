@@ -101,6 +101,8 @@ def _wait_dead(pid: int, timeout: float) -> bool:
 def kill_orphans(home: Path) -> int:
     """Kill every qemu whose guest lives under home/hosts/*/instances/*/ (a cloud whose
     state is being thrown away, or a crashed one's guests). How many were killed."""
+    from labkit.cloud.virt.libvirt_xml import short_socket_dir
+
     killed = 0
     for folder in Path(home).glob("hosts/*/instances/*/"):
         for pid in _recorded_pids(folder):
@@ -109,6 +111,9 @@ def kill_orphans(home: Path) -> int:
                     os.kill(pid, signal.SIGKILL)
                     killed += 1
                     _wait_dead(pid, 2.0)
+        # a deep folder's QMP socket lives in a short folder of the temp dir: no qemu
+        # listens there any more, and a state folder thrown away would leave it behind
+        shutil.rmtree(short_socket_dir(folder), ignore_errors=True)
     return killed
 
 
