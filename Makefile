@@ -3,8 +3,11 @@
 # Debian/Ubuntu packages `make setup` installs when missing (through apt-get).
 # graphviz: the `dot` program for diagrams; chromium: the browser test (Playwright drives
 # it; it never downloads a browser of its own); chromium-driver: chromedriver, for
-# WebDriver clients; fonts-dejavu-core: fonts for both.
-SYSTEM_PACKAGES := python3-venv graphviz chromium chromium-driver fonts-dejavu-core qemu-system-x86 qemu-utils busybox-static dropbear-bin cpio kmod
+# WebDriver clients; fonts-dejavu-core: fonts for both. qemu-system-x86 and qemu-utils:
+# the qemu driver's real guests; busybox-static, dropbear-bin, cpio and kmod: what
+# `labkit image build` packs into the tiny guest (setup runs it; the kernel comes from
+# Debian's linux-image-cloud-amd64); openssh-client: ssh into a guest from a terminal.
+SYSTEM_PACKAGES := python3-venv graphviz chromium chromium-driver fonts-dejavu-core qemu-system-x86 qemu-utils busybox-static dropbear-bin cpio kmod openssh-client
 
 VENV   := .venv
 BIN    := $(CURDIR)/$(VENV)/bin

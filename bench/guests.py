@@ -34,6 +34,8 @@ import contextlib
 import io
 import logging
 import os
+import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -512,11 +514,9 @@ class BareGuest:
         self.proc.wait()
 
 
-def bare_boot(stack: contextlib.ExitStack, plan: BarePlan, root: Path, name: str,
-              key: SshKey) -> dict[str, float]:
+def bare_boot(plan: BarePlan, root: Path, name: str, key: SshKey) -> dict[str, float]:
     """One bare guest: seconds from launch to QMP running, to READY_LINE, to ssh `true`."""
     guest = BareGuest(plan, root / name, ssh_port=free_port())
-    stack.callback(guest.stop)
     try:
         guest.start()
         running = until(guest.running, "bare qemu running", POLL_API)
@@ -529,13 +529,10 @@ def bare_boot(stack: contextlib.ExitStack, plan: BarePlan, root: Path, name: str
         guest.stop()
 
 
-def bare_batch(stack: contextlib.ExitStack, plan: BarePlan, root: Path, count: int,
-               idle: float) -> dict[str, float]:
+def bare_batch(plan: BarePlan, root: Path, count: int, idle: float) -> dict[str, float]:
     """`count` bare guests launched together: seconds to all running, to every READY_LINE;
     their mean RSS (MiB) `idle` seconds later."""
     guests = [BareGuest(plan, root / f"batch-{i}") for i in range(count)]
-    for guest in guests:
-        stack.callback(guest.stop)
     try:
         start = time.perf_counter()
         for guest in guests:
@@ -564,9 +561,7 @@ def _workdir() -> Iterator[Path]:
     try:
         yield path
     finally:
-        kill_strays(path)
-        import shutil
-
+        kill_strays(path)  # nothing should be left; a guard against an interrupted stop
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -576,22 +571,26 @@ def _seconds(value: float) -> str:
 
 def run(runs: int = 3, batch: int = 8, idle: float = 10.0,
         log: Callable[[str], None] = print) -> list[Figure]:
-    """Measure everything above; progress goes to `log`. The caller checked unavailable()."""
+    """Measure everything above; progress goes to `log`. The caller checked unavailable().
+    Each bare qemu is stopped where it is measured; the cloud (and its guests) when the
+    block below ends, however it ends; the work folder is swept last."""
+    if runs < 1 or batch < 1:
+        raise ValueError("runs and batch must be at least 1")
     image = built_image()
-    assert image is not None
+    if image is None:
+        raise RuntimeError("the tiny guest image is not built (run `labkit image build`)")
     key = SshKey.make()
-    with _workdir() as root, contextlib.ExitStack() as stack:
+    with _workdir() as root, GuestCloud(root / "cloud", key) as cloud:
         bare_root = root / "bare"
         bare_root.mkdir()
         write_metadata(bare_root, key)
-        cloud = stack.enter_context(GuestCloud(root / "cloud", key))
         warm = cloud_boot(cloud, "warm-up")
         plan = BarePlan.from_cloud(warm["command"], image)
         hits = "".join("h" if hit else "m" for hit in warm["cache"])
         log(f"  warm-up (image cache {hits}, not in the medians): cloud ACTIVE "
             f"{_seconds(warm['active'])}, READY {_seconds(warm['ready'])}, ssh "
             f"{_seconds(warm['ssh'])}; virt_type {warm['virt_type']}")
-        log(f"  bare qemu: {' '.join(plan.command(bare_root / 'run-N', 22222))}")
+        log(f"  bare qemu: {shlex.join(plan.command(bare_root / 'run-N', 22222))}")
         clouds: list[dict[str, Any]] = []
         bares: list[dict[str, float]] = []
         for i in range(runs):
@@ -601,7 +600,7 @@ def run(runs: int = 3, batch: int = 8, idle: float = 10.0,
                 if which == "cloud":
                     clouds.append(cloud_boot(cloud, f"bench-{i}"))
                 else:
-                    bares.append(bare_boot(stack, plan, bare_root, f"run-{i}", key))
+                    bares.append(bare_boot(plan, bare_root, f"run-{i}", key))
             c, b = clouds[-1], bares[-1]
             log(f"  guest run {i + 1}: cloud ACTIVE {_seconds(c['active'])}, READY "
                 f"{_seconds(c['ready'])}, ssh {_seconds(c['ssh'])} | bare running "
@@ -611,7 +610,7 @@ def run(runs: int = 3, batch: int = 8, idle: float = 10.0,
         log(f"  {batch} at once, cloud: all ACTIVE {_seconds(many['active'])}, all READY "
             f"{_seconds(many['ready'])}, {many['rss']:.0f} MiB RSS per guest")
         cloud.close()  # its guests are gone; free the CPU for the bare batch
-        bare_many = bare_batch(stack, plan, bare_root, batch, idle)
+        bare_many = bare_batch(plan, bare_root, batch, idle)
         log(f"  {batch} at once, bare: all running {_seconds(bare_many['active'])}, all READY "
             f"{_seconds(bare_many['ready'])}, {bare_many['rss']:.0f} MiB RSS per guest")
 

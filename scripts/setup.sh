@@ -20,7 +20,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # qemu-system-x86, qemu-utils: real guests; busybox-static, dropbear-bin, cpio, kmod: the
 # guest image (`labkit image build`), whose kernel apt-get downloads from Debian's archive.
 SYSTEM_PACKAGES=${SYSTEM_PACKAGES:-python3-venv graphviz chromium chromium-driver fonts-dejavu-core \
-qemu-system-x86 qemu-utils busybox-static dropbear-bin cpio kmod}
+qemu-system-x86 qemu-utils busybox-static dropbear-bin cpio kmod openssh-client}
 VENV=${VENV:-.venv}
 EXTRAS=${EXTRAS:-lab,test}
 
