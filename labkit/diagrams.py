@@ -243,17 +243,23 @@ def _sequence(events: Iterable[Any], hide: Sequence[str]) -> _Sequence:
     events = [e for e in events
               if _get(e, "source") not in hide and _get(e, "target") not in hide]
     events.sort(key=lambda e: (_get(e, "time", 0.0), _get(e, "seq") or 0))
-    api_ids = {_get(e, "request_id") for e in events if _get(e, "kind") == "api"}
+    # A request's first API call frames it; the services' own calls that carry the same
+    # request id (nova-compute asking neutron or glance) are steps inside that frame.
+    first: dict[str, Any] = {}
+    for e in events:
+        if _get(e, "kind") == "api":
+            first.setdefault(_get(e, "request_id"), e)
     inner: dict[str, list[Any]] = {}
     for e in events:
         rid = _get(e, "request_id")
-        if _get(e, "kind") != "api" and rid in api_ids:
+        if rid in first and e is not first[rid]:
             inner.setdefault(rid, []).append(e)
     seq = _Sequence()
     for e in events:
-        if _get(e, "kind") == "api":
-            _steps_for_request(e, inner.get(_get(e, "request_id"), []), seq)
-        elif _get(e, "request_id") not in api_ids:
+        rid = _get(e, "request_id")
+        if rid in first and e is first[rid]:
+            _steps_for_request(e, inner.get(rid, []), seq)
+        elif rid not in first:
             _steps_for_event(e, seq)
     return seq
 

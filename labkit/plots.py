@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -16,6 +17,24 @@ STATE_COLOURS = {
     "rebooting_hard": "#facc15",
 }
 ROWS = ("vm_state", "task_state")
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _show_figures_inline() -> None:
+    """In a Jupyter kernel, show a returned Figure as a picture. Figures made without
+    pyplot are not registered with the inline backend, so they would print as text."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None:
+        shell.display_formatter.formatters["image/png"].for_type(Figure, _png)
 
 
 def _segments(events: list[Mapping[str, Any]], field: str,
@@ -42,6 +61,7 @@ def state_timeline(events: Iterable[Mapping[str, Any]], title: str | None = None
     """
     states = sorted((e for e in events if e.get("kind") == "state"),
                     key=lambda e: (e["time"], e.get("seq") or 0))
+    _show_figures_inline()
     figure = Figure(figsize=(9, 2.2), layout="constrained")
     axes = figure.subplots()
     if not states:

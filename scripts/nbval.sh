@@ -2,7 +2,8 @@
 # Test every notebook in notebooks/ (or the ones named as arguments); `make nbval` runs this.
 #
 # For each notebook, two runs, each against its own fresh embedded cloud (a new temporary
-# LABKIT_HOME, LABKIT_DETERMINISTIC=1), stopped afterwards even when the run fails:
+# LABKIT_HOME, LABKIT_DETERMINISTIC=1, the qemu driver under TCG), stopped afterwards even
+# when the run fails:
 #   1. nbval: the stored outputs must match (tests/nbval-sanitize.cfg applied);
 #   2. LABKIT_FOREIGN=1: the notebook must run without errors on a cloud that hides its
 #      internals (outputs are not compared).
@@ -26,7 +27,8 @@ if [ ${#notebooks[@]} -eq 0 ]; then
 fi
 
 # No real cloud from the caller's shell: these runs are about the embedded one.
-unset OS_CLOUD OS_CLIENT_CONFIG_FILE LABKIT_ADMIN_CLOUD LABKIT_FOREIGN LABKIT_PORT
+unset OS_CLOUD OS_CLIENT_CONFIG_FILE LABKIT_ADMIN_CLOUD LABKIT_FOREIGN LABKIT_PORT \
+    LABKIT_VIRT LABKIT_VIRT_TYPE
 
 homes=()
 cleanup() {
@@ -45,7 +47,9 @@ with_cloud() {
     local home status
     home=$(mktemp -d "${TMPDIR:-/tmp}/labkit-nbval-$name.XXXXXX")
     homes+=("$home")
-    export LABKIT_HOME=$home LABKIT_DETERMINISTIC=1
+    # the stored outputs come from real guests under TCG: the same here whether or not
+    # this machine has KVM (a missing qemu or guest image fails the start, saying which)
+    export LABKIT_HOME=$home LABKIT_DETERMINISTIC=1 LABKIT_VIRT=qemu LABKIT_VIRT_TYPE=qemu
     if labkit cloud up --deterministic >"$home/up.log" 2>&1; then
         "$@"
         status=$?
@@ -54,7 +58,7 @@ with_cloud() {
         status=1
     fi
     labkit cloud down >/dev/null 2>&1 || true
-    unset LABKIT_HOME LABKIT_DETERMINISTIC
+    unset LABKIT_HOME LABKIT_DETERMINISTIC LABKIT_VIRT LABKIT_VIRT_TYPE
     return $status
 }
 
