@@ -727,3 +727,27 @@ def test_changes_since_lists_deleted_servers(http: httpx.Client, demo_token: str
     assert r.status_code == 200, r.text
     shown = {s["id"]: s["status"] for s in r.json()["servers"]}
     assert shown.get(server_id) == "DELETED"
+
+
+# -- os-getConsoleOutput ----------------------------------------------------------------------
+
+def test_console_output_answers_the_log_and_refuses_a_bad_length(
+        demo_conn: Connection, http: httpx.Client, demo_token: str) -> None:
+    server_id = boot(http, demo_token, "console-1", networks="none")
+    try:
+        wait_status(http, demo_token, server_id, {"ACTIVE"})
+        whole = demo_conn.compute.get_server_console_output(server_id)["output"]
+        assert "model driver" in whole and whole.endswith("\n")
+        url = f"{SERVERS}/{server_id}/action"
+        last = http.post(url, json={"os-getConsoleOutput": {"length": "1"}},
+                         headers=compute(demo_token))
+        assert last.status_code == 200 and last.json()["output"] == whole.splitlines()[-1] + "\n"
+        every = http.post(url, json={"os-getConsoleOutput": {"length": -1}},
+                          headers=compute(demo_token))
+        assert every.json()["output"] == whole
+        for bad in ({"length": "x"}, {"length": -2}, {"length": "-5"}, {"lines": 3}, None):
+            r = http.post(url, json={"os-getConsoleOutput": bad}, headers=compute(demo_token))
+            assert r.status_code == 400, (bad, r.text)
+            assert "badRequest" in r.json()
+    finally:
+        delete(http, demo_token, server_id)

@@ -49,6 +49,8 @@ class CloudSettings:
             raise ValueError(f"pace must be one of {', '.join(PACES)}, not {self.pace!r}")
         if not 4 <= self.bcrypt_rounds <= 31:
             raise ValueError("bcrypt_rounds must be between 4 and 31")
+        if self.power_sync_interval <= 0:
+            raise ValueError("power_sync_interval must be more than 0 seconds")
         if self.virt not in VIRT_DRIVERS:
             raise ValueError(f"virt must be one of {', '.join(VIRT_DRIVERS)}, not {self.virt!r}")
         if self.virt_type not in VIRT_TYPES:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 BUILD_EVENT = "compute__do_build_and_run_instance"
+MAX_CONSOLE_BYTES = 100 * 1024
 POWER_NAMES = {NOSTATE: "NOSTATE", RUNNING: "Running", SHUTDOWN: "Shutdown",
                CRASHED: "Crashed", 3: "Paused", 7: "Suspended"}
 
@@ -54,8 +55,9 @@ class BuildAborted(Exception):
 
 
 PLUGGED = "network-vif-plugged"
-# power states the hypervisor reports for a guest that no longer runs
-STOPPED_POWER = (SHUTDOWN, CRASHED, NOSTATE)
+# power states the hypervisor reports for a guest that no longer runs (NOSTATE, a guest
+# the hypervisor does not know, nova only logs)
+STOPPED_POWER = (SHUTDOWN, CRASHED)
 # the request a driver call works for: the driver's own HTTP calls (the image download
 # from glance) carry it, so the trace shows them inside the build
 current_request: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -173,16 +175,21 @@ class ComputeManager:
         instance = self._row(uuid)
         # the whole image, properties and all (kernel_id, ramdisk_id), as the conductor
         # hands nova-compute the image's metadata
-        image = self.nova.images.get_image(instance.image_ref, instance.project_id,
-                                           is_admin=True)
+        try:
+            image = self.nova.images.get_image(instance.image_ref, instance.project_id,
+                                               is_admin=True)
+        except NotFound as exc:  # deleted since the API checked it
+            raise BuildAborted(f"Image {instance.image_ref} could not be found.") from exc
         guest = self._guest_spec(ctx, instance, {**spec, "image": image}, network_info)
         await self._plug_vifs(ctx, uuid, network_info)
         self._driver_call(ctx, f"spawn {guest.name}", vcpus=guest.vcpus,
                           memory_mb=guest.memory_mb)
         current_request.set(ctx.request_id)
         await self.driver.spawn(guest)
-        # floating IPs the ports had before the boot
-        await self.driver.network_changed(uuid, network_info)
+        # the floating IPs the ports have now: one associated while the guest was being
+        # spawned came as network-changed before the driver knew the guest
+        with self.nova.database.session() as s:
+            await self.driver.network_changed(uuid, self.nova.instances.network_info(s, uuid))
         self._step(ctx, uuid, ("spawning",), vm_state="active", task_state=None,
                    power_state=self.driver.power_state(uuid), launched_at=time.time())
 
@@ -376,7 +383,9 @@ class ComputeManager:
         """nova-compute's get_console_output: the driver reads the guest's console log."""
         self._driver_call(ctx, f"get_console_output {instance_uuid[:8]}",
                           tail_length=tail_length)
-        return self.driver.console_output(instance_uuid, tail_length)
+        output = self.driver.console_output(instance_uuid, tail_length)
+        # nova's compute host sends at most the log's last 100 KiB (MAX_CONSOLE_BYTES)
+        return output[-MAX_CONSOLE_BYTES:]
 
     # -- power state sync (nova's _sync_power_states periodic task)
 
@@ -402,8 +411,13 @@ class ComputeManager:
             row = self._row(uuid)
             if row.deleted or row.host != self.host or row.task_state is not None:
                 return
-            power = self.driver.power_state(uuid)
-            if power == row.power_state:
+            # the hypervisor may take a moment to answer (qemu's monitor): not on the loop
+            power = await asyncio.to_thread(self.driver.power_state, uuid)
+            row = self._row(uuid)
+            if power == row.power_state or row.deleted or row.task_state is not None:
+                return
+            if power == NOSTATE:
+                # nova: "Instance is unexpectedly not found. Ignore."
                 return
             ctx = MessageContext(request_id=None, source=self.component)
             self._event(ctx, uuid, f"power state sync: database {POWER_NAMES.get(row.power_state)}"
@@ -411,15 +425,15 @@ class ComputeManager:
                         db_power_state=row.power_state, vm_power_state=power)
             if row.vm_state == "active" and power in STOPPED_POWER:
                 # "Instance shutdown by itself. Calling the stop API."
-                self._stopped_by_itself(ctx, row, power)
-            elif row.vm_state == "stopped" and power == RUNNING:
+                await self._stopped_by_itself(ctx, row, power)
+            elif row.vm_state == "stopped" and power not in (SHUTDOWN, CRASHED):
                 # running although stopped: nova stops it again
                 await self.driver.power_off(uuid)
                 self._state(ctx, uuid, power_state=self.driver.power_state(uuid))
             else:
                 self._state(ctx, uuid, power_state=power)
 
-    def _stopped_by_itself(self, ctx: MessageContext, row: Instance, power: int) -> None:
+    async def _stopped_by_itself(self, ctx: MessageContext, row: Instance, power: int) -> None:
         # nova's periodic task makes its own request context, so its own request id
         request_id = self.nova.ids.request_id()
         ctx = MessageContext(request_id=request_id, source=self.component)
@@ -427,6 +441,11 @@ class ComputeManager:
             self.nova.instances.start_action(s, row.uuid, "stop", request_id, "", "")
         self.nova.instances.start_event(row.uuid, request_id, "compute_stop_instance",
                                         self.host)
+        if power == CRASHED:
+            # a crashed guest's process still runs: the stop powers it off, so a start
+            # can boot it again
+            await self.driver.power_off(row.uuid)
+            power = await asyncio.to_thread(self.driver.power_state, row.uuid)
         self._state(ctx, row.uuid, vm_state="stopped", task_state=None, power_state=power)
         self.nova.instances.finish_event(row.uuid, request_id, "compute_stop_instance")
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 Download = Callable[[str, Path], Awaitable[None]]
 TraceEvent = Callable[[str, dict[str, Any]], None]
@@ -43,8 +46,12 @@ class ImageCache:
         return self.base_dir / cache_name(image_id)
 
     def _trace(self, summary: str, **detail: Any) -> None:
-        if self.trace_event is not None:
+        if self.trace_event is None:
+            return
+        try:
             self.trace_event(summary, detail)
+        except Exception:  # the trace is for watching: it must never fail a spawn
+            log.exception("tracing %r failed", summary)
 
     async def fetch(self, image_id: str) -> tuple[Path, bool]:
         """The base file of `image_id`, downloading it on a miss; (path, hit)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import shutil
 import tempfile
 import time
 import xml.etree.ElementTree as ET
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
     from labkit.cloud.virt.driver import GuestSpec
 
 NOVA_NS = "http://openstack.org/xmlns/libvirt/nova/1.1"
-EMULATOR = "/usr/bin/qemu-system-x86_64"
+# the qemu binary the XML names, as libvirt's <emulator>: the one on PATH
+EMULATOR = shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
 # Free pcie-root-ports for hot-plug (volumes, ports): q35's root bus refuses hot-plug,
 # so nova's [libvirt] num_pcie_ports adds empty ones at boot.
 PCIE_ROOT_PORTS = 4

@@ -71,6 +71,8 @@ class ModelDriver:
         self._guest(uuid)
         text = [f"The model driver on {self.host} runs no guest, so there is no console.",
                 "Boot on the qemu driver to see a real one (LABKIT_VIRT=qemu)."]
+        if lines == 0:
+            return ""
         return "\n".join(text[-lines:] if lines else text) + "\n"
 
     async def network_changed(self, uuid: str, network_info: list[dict[str, Any]]) -> None:

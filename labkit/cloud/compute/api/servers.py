@@ -89,9 +89,10 @@ def create_schema(v: APIVersion) -> dict[str, Any]:
         "required": ["server"], "additionalProperties": False}
 
 
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f]")
 # nova's console_output schema: length as a number or a string of digits, -1 for all
 CONSOLE_OUTPUT = {"type": "object", "properties": {"os-getConsoleOutput": {
-    "type": ["object", "null"], "properties": {"length": {
+    "type": "object", "properties": {"length": {
         "type": ["integer", "string", "null"], "pattern": "^-?[0-9]+$", "minimum": -1}},
     "additionalProperties": False}}}
 
@@ -466,7 +467,9 @@ def routes(nova: Any) -> list[Route]:
             # -1 (or none) means the whole log
             tail = None if length is None or int(length) == -1 else int(length)
             output = await servers.console_output(ctx, uuid, tail)
-            return JSONResponse({"output": output})
+            # nova's API drops control characters but newline and tab (a serial console
+            # sends \r\n and escape sequences)
+            return JSONResponse({"output": CONTROL_CHARACTERS.sub("", output)})
         else:
             raise BadRequest(f"There is no such action: {name}")
         return Response(status_code=202)
