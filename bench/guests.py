@@ -54,7 +54,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout, installed or not
 
 from labkit.cloud import process  # noqa: E402
-from labkit.cloud.guest import READY_LINE, GuestImage, built_image  # noqa: E402
+from labkit.cloud.guest import READY_LINE, GuestImage, built_image, static_metadata  # noqa: E402
 from labkit.cloud.settings import CloudSettings  # noqa: E402
 from labkit.cloud.virt import host as virt_host  # noqa: E402
 from labkit.cloud.virt.qmp import QMP, QMPError  # noqa: E402
@@ -70,29 +70,9 @@ COMPUTE = {"OpenStack-API-Version": "compute 2.79"}
 IMAGE, FLAVOR, NETWORK, EXTERNAL = "labkit-tiny", "m1.nano", "demo-net", "public"
 BARE_HOSTNAME = "bare"
 
-# The bare guest's metadata service: qemu runs this (python -S, stdlib) for each
-# connection to the metadata address, as the cloud's guestfwd runs its metadata proxy.
-# It answers GET <path> from files under the folder given, else 404.
-METADATA_RESPONDER = '''\
-import os
-import sys
-
-root = os.path.realpath(sys.argv[1])
-inp, out = sys.stdin.buffer, sys.stdout.buffer
-line = inp.readline().decode("latin-1")
-while inp.readline() not in (b"\\r\\n", b"\\n", b""):
-    pass
-parts = line.split()
-path = parts[1] if len(parts) > 1 else "/"
-target = os.path.realpath(os.path.join(root, path.lstrip("/")))
-if target.startswith(root + os.sep) and os.path.isfile(target):
-    status, body = "200 OK", open(target, "rb").read()
-else:
-    status, body = "404 Not Found", b"not found\\n"
-out.write(f"HTTP/1.0 {status}\\r\\nContent-Type: text/plain\\r\\n"
-          f"Content-Length: {len(body)}\\r\\nConnection: close\\r\\n\\r\\n".encode() + body)
-out.flush()
-'''
+# The bare guest's metadata service (labkit/cloud/guest/static_metadata.py): qemu runs
+# it for each connection to the metadata address, as the cloud's guestfwd runs its proxy.
+METADATA_RESPONDER = Path(static_metadata.__file__).read_text()
 
 
 @dataclass

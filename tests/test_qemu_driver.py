@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from labkit.cloud.guest import static_metadata
 from labkit.cloud.virt import host as virt_host
 from labkit.cloud.virt.driver import GuestNotFound, GuestSpec, SpawnFailed
 from labkit.cloud.virt.imagecache import ImageCache, cache_name
@@ -59,26 +60,7 @@ UUID = "8a1c54b2-7e0d-4c1b-9f3a-2d4e6f8a0b1c"
 NS = {"nova": NOVA_NS}
 VIRT_TYPE = os.environ.get("LABKIT_TEST_VIRT_TYPE", "qemu")  # TCG unless told otherwise
 BOOT_TIMEOUT = 180  # a guard against a hung guest, never an assertion about speed
-STUB_PROXY = '''\
-import os
-import sys
-
-root = os.path.realpath(sys.argv[1])
-inp, out = sys.stdin.buffer, sys.stdout.buffer
-line = inp.readline().decode("latin-1")
-while inp.readline() not in (b"\\r\\n", b"\\n", b""):
-    pass
-parts = line.split()
-path = parts[1] if len(parts) > 1 else "/"
-target = os.path.realpath(os.path.join(root, path.lstrip("/")))
-if target.startswith(root + os.sep) and os.path.isfile(target):
-    status, body = "200 OK", open(target, "rb").read()
-else:
-    status, body = "404 Not Found", b"not found\\n"
-out.write(f"HTTP/1.0 {status}\\r\\nContent-Type: text/plain\\r\\n"
-          f"Content-Length: {len(body)}\\r\\nConnection: close\\r\\n\\r\\n".encode() + body)
-out.flush()
-'''
+STUB_PROXY = Path(static_metadata.__file__).read_text()
 
 
 # -- what nova would hand the driver
