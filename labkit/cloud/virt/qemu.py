@@ -23,6 +23,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -44,6 +45,8 @@ START_DEADLINE = 30.0  # seconds for a new qemu to report "running"
 FORWARD_BASE = 20000  # floating IP a.b.c.d forwards from 127.0.0.1:20000 + (int(ip) % 10000)
 FORWARD_HOST = "127.0.0.1"
 GUEST_SSH_PORT = 22
+# the metadata proxy's --url inside the -netdev guestfwd=...-cmd:... argument
+METADATA_URL = re.compile(r"--url \S+")
 
 # power states, as labkit.cloud.compute.instances numbers them (nova's power_state)
 NOSTATE, RUNNING, PAUSED, SHUTDOWN, CRASHED = 0, 1, 3, 4, 6
@@ -353,6 +356,9 @@ class QemuDriver:
         g.paths.qmp_socket.parent.mkdir(parents=True, exist_ok=True)
         g.paths.qmp_socket.unlink(missing_ok=True)
         g.paths.pidfile.unlink(missing_ok=True)
+        # a guest made before a restart of the cloud asks the metadata service where the
+        # cloud listens now (its port may have changed)
+        g.command = [METADATA_URL.sub(f"--url {self.metadata_url}", arg) for arg in g.command]
         with open(g.paths.log, "ab") as out:
             out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting qemu\n".encode())
             out.flush()
