@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -27,6 +28,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from labkit.paths import keys_dir
+
+# paramiko logs each failed attempt with a traceback; with no handler of its own that
+# lands in the notebook cell, while run() retries until the guest's sshd answers
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from openstack.compute.v2.server import Server

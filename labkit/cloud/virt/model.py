@@ -81,6 +81,8 @@ class ModelDriver:
     def describe(self, uuid: str) -> dict[str, Any]:
         guest = self._guest(uuid)
         return {"driver": self.name, "host": self.host, "power_state": guest["power_state"],
+                "virt_type": None, "domain_xml": None, "command": None, "pid": None,
+                "forwards": [], "image_cache": [],
                 "note": "the model driver keeps records only: no domain XML, no process"}
 
     async def shutdown(self) -> None:
