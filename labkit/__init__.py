@@ -40,9 +40,10 @@ def ensure_keypair(conn: Connection, name: str = "labkit-key") -> Path:
 
 
 def wait_for_console(conn: Connection, server: Server | str, text: str | None = None,
-                     timeout: float = 180) -> str:
-    """The server's console log once it shows `text` (the tiny guest's ready line)."""
+                     timeout: float = 180, after: str = "") -> str:
+    """The server's console log once it shows `text` (the tiny guest's ready line); after a
+    reboot or start, pass the log as it was before (`after=`) to wait for the new boot."""
+    from labkit.ssh_client import READY_LINE
     from labkit.ssh_client import wait_for_console as wait
 
-    return wait(conn, server, text, timeout=timeout) if text else wait(
-        conn, server, timeout=timeout)
+    return wait(conn, server, text or READY_LINE, timeout=timeout, after=after)

@@ -350,10 +350,13 @@ def run(conn: Connection | None, server: Server | str | None, command: str, *,
 
 
 def wait_for_console(conn: Connection, server: Server | str, text: str = READY_LINE,
-                     timeout: float = 180) -> str:
+                     timeout: float = 180, after: str = "") -> str:
     """Poll the server's console log (`openstack console log show`) until `text` shows;
     the log so far. TimeoutError with its last lines if it never does; NoSshRoute at once
-    on the embedded cloud's model driver, whose servers have no guest to print it."""
+    on the embedded cloud's model driver, whose servers have no guest to print it.
+
+    The log keeps every boot: after a reboot or a start, pass the log as it was before
+    (`after=`), and only what the guest printed since counts."""
     from openstack import exceptions
 
     from labkit.connect import is_embedded
@@ -370,7 +373,7 @@ def wait_for_console(conn: Connection, server: Server | str, text: str = READY_L
         # a server not running yet answers 409; keep asking until the deadline
         with contextlib.suppress(exceptions.HttpException):
             output = conn.compute.get_server_console_output(server_id).get("output") or ""
-        if text in output:
+        if text in output[len(after):]:
             return output
         if time.monotonic() >= deadline:
             tail = "\n".join(output.splitlines()[-20:]) or "(the console log is empty)"

@@ -163,9 +163,13 @@ def test_wait_for_console_on_the_model_driver(demo_conn: Connection, server: Any
         ssh.wait_for_console(demo_conn, server)
     # seen as a real cloud, the console is polled: the model's lines are there, "ready" never
     as_real_cloud(monkeypatch, tmp_path)
-    assert "runs no guest" in ssh.wait_for_console(demo_conn, server, text="runs no guest")
+    log = ssh.wait_for_console(demo_conn, server, text="runs no guest")
+    assert "runs no guest" in log
     with pytest.raises(TimeoutError, match="runs no guest"):
         ssh.wait_for_console(demo_conn, server, timeout=0.5)
+    # what the log held before (a previous boot's lines) does not count
+    with pytest.raises(TimeoutError):
+        ssh.wait_for_console(demo_conn, server, text="runs no guest", timeout=0.5, after=log)
 
 
 # -- running commands, against a paramiko ssh server -------------------------------------------
