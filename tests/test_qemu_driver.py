@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from labkit.cloud.guest import static_metadata
+from labkit.cloud.netinfo import floating_ips
 from labkit.cloud.virt import host as virt_host
 from labkit.cloud.virt.driver import GuestNotFound, GuestSpec, SpawnFailed
 from labkit.cloud.virt.imagecache import ImageCache, cache_name
@@ -47,7 +48,6 @@ from labkit.cloud.virt.qemu import (
     RUNNING,
     SHUTDOWN,
     QemuDriver,
-    floating_ips,
     kill_orphans,
     preferred_port,
 )

@@ -30,6 +30,8 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
+from labkit.cloud.netinfo import ips
+
 # EC2's API versions, oldest first; nova serves these and `latest` (= the last one)
 EC2_VERSIONS = ("1.0", "2007-01-19", "2007-03-01", "2007-08-29", "2007-10-10", "2007-12-15",
                 "2008-02-01", "2008-09-01", "2009-04-04")
@@ -202,14 +204,12 @@ def ip_info(network_info: list[dict[str, Any]]) -> dict[str, list[str]]:
     fixed4: list[str] = []
     fixed6: list[str] = []
     floating: list[str] = []
-    for vif in network_info or []:
-        for subnet in (vif.get("network") or {}).get("subnets") or []:
-            for ip in subnet.get("ips") or []:
-                if ip.get("type", "fixed") != "fixed":
-                    continue
-                address = ip["address"]
-                (fixed6 if ipaddress.ip_address(address).version == 6 else fixed4).append(address)
-                floating += [f["address"] for f in ip.get("floating_ips") or []]
+    for _vif, _subnet, ip in ips(network_info):
+        if ip.get("type", "fixed") != "fixed":
+            continue
+        address = ip["address"]
+        (fixed6 if ipaddress.ip_address(address).version == 6 else fixed4).append(address)
+        floating += [f["address"] for f in ip.get("floating_ips") or []]
     return {"fixed_ips": fixed4, "fixed_ip6s": fixed6, "floating_ips": floating}
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from labkit.cloud.bus import MessageContext
+from labkit.cloud.netinfo import subnets
 
 if TYPE_CHECKING:
     from labkit.cloud.compute.instances import Instance
@@ -76,8 +77,8 @@ def addresses(network_info: list[dict[str, Any]]) -> dict[str, list[dict[str, An
     for vif in network_info:
         label = (vif.get("network") or {}).get("label") or ""
         entry = shown.setdefault(label, {"fixed": [], "floating": []})
-        for subnet in (vif.get("network") or {}).get("subnets", []):
-            for ip in subnet.get("ips", []):
+        for subnet in subnets(vif):
+            for ip in subnet.get("ips") or []:
                 entry["fixed"].append(_address(ip, "fixed", vif))
                 entry["floating"].extend(_address(f, "floating", vif)
                                          for f in ip.get("floating_ips", []))

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from labkit.cloud.netinfo import subnet_dns, subnet_gateway, subnets
+
 if TYPE_CHECKING:
     from labkit.cloud.virt.driver import GuestSpec
 
@@ -91,7 +93,7 @@ class GuestPaths:
 
 def first_ipv4(vif: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
     """The vif's first IPv4 subnet holding a fixed IP, and that IP."""
-    for subnet in vif.get("network", {}).get("subnets", []):
+    for subnet in subnets(vif):
         if ipaddress.ip_network(subnet["cidr"], strict=False).version != 4:
             continue
         for ip in subnet.get("ips", []):
@@ -113,14 +115,6 @@ def metadata_address(cidr: str, taken: list[str | None]) -> str:
             return str(addr)
         candidate -= 1
     raise ValueError(f"subnet {cidr} has no address left for the metadata service")
-
-
-def subnet_gateway(subnet: dict[str, Any]) -> str | None:
-    return (subnet.get("gateway") or {}).get("address")
-
-
-def subnet_dns(subnet: dict[str, Any]) -> list[str]:
-    return [d["address"] for d in subnet.get("dns", []) if d.get("address")]
 
 
 def vif_metadata_address(vif: dict[str, Any]) -> str | None:
@@ -206,7 +200,7 @@ def _metadata(root: ET.Element, guest: GuestSpec, network_info: list[dict[str, A
     ports = _sub(inst, _nova("ports"))
     for vif in network_info:
         port = _sub(ports, _nova("port"), uuid=vif["id"])
-        for subnet in vif.get("network", {}).get("subnets", []):
+        for subnet in subnets(vif):
             version = ipaddress.ip_network(subnet["cidr"], strict=False).version
             for ip in subnet.get("ips", []):
                 _sub(port, _nova("ip"), type=ip.get("type", "fixed"), address=ip["address"],

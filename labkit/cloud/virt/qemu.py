@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from labkit.cloud.netinfo import floating_ips
+
 if TYPE_CHECKING:
     from labkit.cloud.virt.driver import GuestSpec
     from labkit.cloud.virt.imagecache import ImageCache
@@ -135,18 +137,6 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def floating_ips(network_info: list[dict[str, Any]]) -> list[str]:
-    """Every floating IP on the instance's vifs, in order."""
-    found: list[str] = []
-    for vif in network_info:
-        for subnet in vif.get("network", {}).get("subnets", []):
-            for ip in subnet.get("ips", []):
-                for fip in ip.get("floating_ips", []):
-                    if fip.get("address") and fip["address"] not in found:
-                        found.append(fip["address"])
-    return found
 
 
 def preferred_port(floating_ip: str) -> int:

@@ -33,12 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from labkit.cloud.netinfo import subnet_dns, subnet_gateway
 from labkit.cloud.virt.libvirt_xml import (
     first_ipv4,
     metadata_address,
     parse_domain,
-    subnet_dns,
-    subnet_gateway,
 )
 
 QBOOT = Path("/usr/share/qemu/qboot.rom")
