@@ -132,11 +132,6 @@ class Code(str):
     """A file or command line as the host has it (libvirt XML, qemu's arguments), shown
     verbatim."""
 
-    def __new__(cls, text: str, language: str = "") -> Code:
-        made = super().__new__(cls, text)
-        made.language = language
-        return made
-
     def __repr__(self) -> str:
         return str(self)
 
@@ -364,7 +359,7 @@ class Inspector:
                           "virsh dumpxml instance-<id as 8 hex digits>  # on its compute host")
         guest = self._get(f"/guests/{server_id}")
         return Code(guest.get("domain_xml") or f"(the {guest['driver']} driver writes no "
-                    "domain XML)", "xml")
+                    "domain XML)")
 
     def qemu_command(self, server_id: str) -> Code | Hidden:
         """The qemu command line the guest runs with."""
@@ -375,7 +370,7 @@ class Inspector:
         guest = self._get(f"/guests/{server_id}")
         argv = guest.get("command")
         return Code(command_line(argv) if argv else f"(the {guest['driver']} driver starts "
-                    "no process)", "shell")
+                    "no process)")
 
 
 def inspector(conn: Connection) -> Inspector:

@@ -531,8 +531,6 @@ class QemuDriver:
         """After a restart of the cloud: find this guest's qemu (its pid in guest.json or
         the pidfile, checked against /proc/<pid>/cmdline) and watch it again. When none
         runs, nothing is started: power_state reports SHUTDOWN."""
-        from labkit.cloud.virt.qmp import QMP, QMPError
-
         g = self._load(uuid)
         if g is None:
             log.warning("adopt %s: no guest.json under %s", uuid, self.instances_dir)
@@ -541,8 +539,6 @@ class QemuDriver:
                      None)
         self.guests[uuid] = g
         if g.pid is not None:
-            with contextlib.suppress(QMPError), QMP(g.paths.qmp_socket, timeout=1.0) as q:
-                q.query_status()
             g.generation += 1
             self._watch(g)
         self._save(g)
