@@ -43,6 +43,26 @@ class GuestSpec:
     created_at: float = 0.0
 
 
+@dataclass
+class VolumeAttachment:
+    """One cinder volume as the driver plugs it (nova's DriverVolumeBlockDevice).
+
+    `path` is the host-side device os-brick connected (labkit.cloud.compute.brick);
+    the guest sees the disk as `device` with `serial` (the volume id) as its serial."""
+
+    volume_id: str
+    device: str  # /dev/vdb: the name nova reserved on the compute host
+    path: str  # the host's block device for the volume (a symlink to the target's file)
+    serial: str  # what the guest reads as the disk's serial: the volume id
+    connection_info: dict[str, Any] = field(default_factory=dict)  # cinder's, as nova keeps it
+    read_only: bool = False
+    request_id: str | None = None  # the attach's request, so the driver's steps join its trace
+
+
+class VolumeAttachFailed(Exception):
+    """The hypervisor could not plug (or unplug) the disk; nova rolls the attach back."""
+
+
 class Driver(Protocol):
     name: str  # "model" or "qemu", shown in notebooks
 
@@ -69,6 +89,13 @@ class Driver(Protocol):
 
     def describe(self, uuid: str) -> dict[str, Any]:
         """What the hypervisor holds for this guest, for the inspection API."""
+
+    async def attach_volume(self, uuid: str, volume: VolumeAttachment) -> None:
+        """Plug the volume into the guest (hot-plug when it runs; at its next start if not)."""
+
+    async def detach_volume(self, uuid: str, volume_id: str,
+                            request_id: str | None = None) -> None:
+        """Unplug the volume; on return the guest no longer uses the host's device."""
 
     async def shutdown(self) -> None:
         """The compute service is stopping."""

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from labkit.cloud.compute.instances import NOSTATE, RUNNING, SHUTDOWN
-from labkit.cloud.virt.driver import GuestNotFound, GuestSpec, SpawnFailed
+from labkit.cloud.virt.driver import GuestNotFound, GuestSpec, SpawnFailed, VolumeAttachment
 
 
 class ModelDriver:
@@ -78,11 +78,24 @@ class ModelDriver:
     async def network_changed(self, uuid: str, network_info: list[dict[str, Any]]) -> None:
         """Nothing to forward: no guest listens."""
 
+    async def attach_volume(self, uuid: str, volume: VolumeAttachment) -> None:
+        """The same API flow as on qemu, with no disk: the guest's record lists the volume."""
+        await self._step()
+        volumes = self._guest(uuid).setdefault("volumes", {})
+        volumes[volume.volume_id] = {"device": volume.device, "serial": volume.serial,
+                                     "path": volume.path}
+
+    async def detach_volume(self, uuid: str, volume_id: str,
+                            request_id: str | None = None) -> None:
+        await self._step()
+        self._guest(uuid).setdefault("volumes", {}).pop(volume_id, None)
+
     def describe(self, uuid: str) -> dict[str, Any]:
         guest = self._guest(uuid)
+        volumes = [{"volume_id": vid, **v} for vid, v in guest.get("volumes", {}).items()]
         return {"driver": self.name, "host": self.host, "power_state": guest["power_state"],
                 "virt_type": None, "domain_xml": None, "command": None, "pid": None,
-                "forwards": [], "image_cache": [],
+                "forwards": [], "image_cache": [], "volumes": volumes,
                 "note": "the model driver keeps records only: no domain XML, no process"}
 
     async def shutdown(self) -> None:
