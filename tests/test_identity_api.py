@@ -25,7 +25,8 @@ UNAUTHORIZED = {"error": {"code": 401, "title": "Unauthorized",
                           "message": "The request you have made requires authentication."}}
 # what the embedded cloud serves so far; data/catalog.yaml lists more, and the cloud
 # leaves out of its catalog what nobody answers
-CATALOG_TYPES = {"identity", "compute", "network", "image", "placement"}
+CATALOG_TYPES = {"identity", "compute", "network", "image", "placement", "block-storage",
+                 "volumev3"}
 TOKENS = "/identity/v3/auth/tokens"
 
 

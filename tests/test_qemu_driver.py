@@ -31,16 +31,30 @@ import pytest
 from labkit.cloud.guest import static_metadata
 from labkit.cloud.netinfo import floating_ips
 from labkit.cloud.virt import host as virt_host
-from labkit.cloud.virt.driver import GuestNotFound, GuestSpec, SpawnFailed
+from labkit.cloud.virt.driver import (
+    GuestNotFound,
+    GuestSpec,
+    SpawnFailed,
+    VolumeAttachFailed,
+    VolumeAttachment,
+)
 from labkit.cloud.virt.imagecache import ImageCache, cache_name
 from labkit.cloud.virt.libvirt_xml import (
     NOVA_NS,
+    PCIE_ROOT_PORTS,
     UNIX_PATH_MAX,
+    DomainDisk,
     GuestPaths,
+    add_volume_disk,
+    disk_alias,
     domain_xml,
+    free_root_port,
     kernel_cmdline,
     metadata_address,
     parse_domain,
+    remove_volume_disk,
+    volume_disk,
+    volume_disk_element,
 )
 from labkit.cloud.virt.qemu import (
     FORWARD_BASE,
@@ -51,8 +65,14 @@ from labkit.cloud.virt.qemu import (
     kill_orphans,
     preferred_port,
 )
-from labkit.cloud.virt.qemu_command import UserNet, escape, qemu_command
-from labkit.cloud.virt.qmp import QMP, QMPError
+from labkit.cloud.virt.qemu_command import (
+    UserNet,
+    escape,
+    qemu_command,
+    volume_node_names,
+    without_volume_args,
+)
+from labkit.cloud.virt.qmp import QMP, QMPError, QMPTimeout
 
 PORT_ID = "3f1c2b9a-5d6e-4f70-8a9b-0c1d2e3f4a5b"
 MAC = "fa:16:3e:11:22:33"
@@ -161,7 +181,7 @@ def test_domain_xml_names_memory_metadata_and_devices(tmp_path: Path) -> None:
     assert serial.find("source").get("path") == str(paths.console_log)
     assert root.find("devices/console/target").get("type") == "serial"
     ports = [c for c in root.findall("devices/controller") if c.get("model") == "pcie-root-port"]
-    assert len(ports) == 4
+    assert len(ports) == PCIE_ROOT_PORTS
     assert root.find("devices/memballoon").get("model") == "virtio"
 
 
@@ -196,7 +216,7 @@ def test_parse_domain_reads_back_what_domain_xml_wrote(tmp_path: Path) -> None:
     assert (nic.mac, nic.bridge, nic.target_dev, nic.mtu) == (
         MAC, "qbr3f1c2b9a-5d", "tap3f1c2b9a-5d", 1450)
     assert dom.console_log == str(paths.console_log)
-    assert dom.pcie_root_ports == 4
+    assert dom.pcie_root_ports == PCIE_ROOT_PORTS
     assert dom.nova == {"name": "vm-a", "flavor": "m1.nano"}
 
 
@@ -300,7 +320,7 @@ def test_qemu_command_tcg(tmp_path: Path) -> None:
     assert "guestfwd=tcp:172.16.1.254:80-cmd:stub-proxy" in netdev[0]
     devices = _opts(cmd, "-device")
     assert f"virtio-net-pci,netdev=hostnet0,id=net0,mac={MAC},host_mtu=1450" in devices
-    assert sum(d.startswith("pcie-root-port,") for d in devices) == 4
+    assert sum(d.startswith("pcie-root-port,") for d in devices) == PCIE_ROOT_PORTS
     assert any(d.startswith("virtio-blk-pci,drive=libvirt-1-format") for d in devices)
     assert any(d.startswith("isa-serial,chardev=charserial0") for d in devices)
     blockdevs = _opts(cmd, "-blockdev")
@@ -339,6 +359,254 @@ def test_qemu_command_without_network(tmp_path: Path) -> None:
                        pidfile=paths.pidfile, console_log=paths.console_log)
     assert "-netdev" not in cmd
     assert not any(d.startswith("virtio-net-pci") for d in _opts(cmd, "-device"))
+
+
+# -- volumes in the XML and on the command line
+
+VOLUME_ID = "5b0e9f3c-1d2a-4e6b-8c7d-9a0b1c2d3e4f"
+BY_PATH = ("/h/compute-1/dev/disk/by-path/ip-10.0.0.11:3260-iscsi-"
+           f"iqn.2010-10.org.openstack:volume-{VOLUME_ID}-lun-1")
+
+
+def _volume(target: str = "vdb", serial: str = VOLUME_ID, port: int = 1,
+            path: str = BY_PATH, direct_io: bool = True) -> DomainDisk:
+    return volume_disk(path=path, target=target, serial=serial, pci_bus=port,
+                       direct_io=direct_io)
+
+
+def test_a_volume_disk_is_written_like_novas_iscsi_disk(tmp_path: Path) -> None:
+    paths = paths_for(tmp_path / UUID)
+    xml = domain_xml(make_guest(), virt_type="qemu", paths=paths,
+                     network_info=network_info(), volumes=[_volume(port=3)])
+    root = ET.fromstring(xml)
+    disks = root.findall("devices/disk")
+    assert [d.get("type") for d in disks] == ["file", "block"]
+    vol = disks[1]
+    assert vol.get("device") == "disk"
+    assert vol.find("driver").attrib == {"name": "qemu", "type": "raw", "cache": "none",
+                                         "io": "native"}
+    assert vol.find("source").attrib == {"dev": BY_PATH}
+    assert vol.find("target").attrib == {"dev": "vdb", "bus": "virtio"}
+    assert vol.findtext("serial") == VOLUME_ID
+    assert vol.find("alias").get("name") == "virtio-disk1"
+    assert vol.find("address").attrib == {"type": "pci", "domain": "0x0000", "bus": "0x03",
+                                          "slot": "0x00", "function": "0x0"}
+    # disks stay together, before the interfaces
+    tags = [el.tag for el in root.find("devices")]
+    assert tags.index("interface") > max(i for i, t in enumerate(tags) if t == "disk")
+    # without O_DIRECT (tmpfs): writethrough and no native AIO, as nova falls back
+    slow = volume_disk_element(_volume(direct_io=False))
+    assert slow.find("driver").attrib == {"name": "qemu", "type": "raw",
+                                          "cache": "writethrough"}
+
+
+def test_volume_disks_round_trip_through_the_xml(tmp_path: Path) -> None:
+    paths = paths_for(tmp_path / UUID)
+    xml = domain_xml(make_guest(), virt_type="qemu", paths=paths, network_info=network_info())
+    dom = parse_domain(xml)
+    assert [d.is_volume for d in dom.disks] == [False]
+    assert free_root_port(dom) == 1
+    first = _volume()
+    xml = add_volume_disk(xml, first)
+    second = _volume("vdc", "0f0e0d0c-0000-4000-8000-000000000002", port=2,
+                     path="/odd, path:with/both", direct_io=False)
+    xml = add_volume_disk(xml, second)
+    dom = parse_domain(xml)
+    assert dom.disks[0].path == str(paths.disk) and not dom.disks[0].is_volume
+    assert dom.disks[1:] == [first, second]
+    assert free_root_port(dom) == 3
+    with pytest.raises(ValueError, match="already"):
+        add_volume_disk(xml, first)
+    xml = remove_volume_disk(xml, VOLUME_ID)
+    dom = parse_domain(xml)
+    assert dom.disks[1:] == [second] and free_root_port(dom) == 1
+    assert remove_volume_disk(xml, "no-such-volume") == xml
+    # the rest of the domain is untouched by the edits
+    assert dom.interfaces[0].mac == MAC and dom.pcie_root_ports == PCIE_ROOT_PORTS
+    assert ET.fromstring(xml).find("metadata/nova:instance", NS) is not None
+    full = parse_domain(domain_xml(make_guest(), virt_type="qemu", paths=paths,
+                                   network_info=[], volumes=[
+                                       _volume(f"vd{chr(ord('b') + i)}", f"vol-{i}", i + 1)
+                                       for i in range(PCIE_ROOT_PORTS)]))
+    assert free_root_port(full) is None
+
+
+@pytest.mark.parametrize(("target", "alias"), [
+    ("vda", "virtio-disk0"), ("/dev/vdb", "virtio-disk1"), ("vdz", "virtio-disk25"),
+    ("vdaa", "virtio-disk26")])
+def test_disk_alias_counts_like_libvirt(target: str, alias: str) -> None:
+    assert disk_alias(target) == alias
+
+
+@pytest.mark.parametrize("target", ["sdb", "vd", "vdB", "/dev/vd1"])
+def test_disk_alias_refuses_other_names(target: str) -> None:
+    with pytest.raises(ValueError):
+        disk_alias(target)
+
+
+def test_volume_node_names_are_stable_and_short() -> None:
+    storage, fmt = volume_node_names(VOLUME_ID)
+    assert (storage, fmt) == ("volume-5b0e9f3c1d2a-storage", "volume-5b0e9f3c1d2a-format")
+    assert volume_node_names(VOLUME_ID) == (storage, fmt)
+    assert max(len(storage), len(fmt)) <= 31  # qemu's limit for node names
+
+
+def test_qemu_command_boots_the_volumes_in_json_form(tmp_path: Path) -> None:
+    odd = "/h/dev/disk/by-path/ip-10.0.0.11:3260-iscsi-iqn.x,y:volume-1-lun-1"
+    paths = paths_for(tmp_path / UUID)
+    xml = domain_xml(make_guest(), virt_type="qemu", paths=paths, network_info=network_info(),
+                     volumes=[_volume(path=odd, port=2),
+                              _volume("vdc", "0f0e0d0c-0000-4000-8000-000000000002", 5,
+                                      direct_io=False)])
+    net = UserNet.from_network_info(network_info(), "stub-proxy", "vm-a")
+    cmd = qemu_command(xml, user_net=net, qmp_socket=paths.qmp_socket,
+                       pidfile=paths.pidfile, console_log=paths.console_log)
+    blockdevs = _opts(cmd, "-blockdev")
+    assert blockdevs[0].startswith("driver=file,")  # the root disk as before
+    nodes = [json.loads(b) for b in blockdevs[2:]]
+    assert nodes[0] == {"driver": "file", "filename": odd,  # ':' and ',' reach qemu as is
+                        "node-name": "volume-5b0e9f3c1d2a-storage", "auto-read-only": True,
+                        "discard": "unmap", "cache": {"direct": True, "no-flush": False},
+                        "aio": "native"}
+    assert nodes[1] == {"driver": "raw", "node-name": "volume-5b0e9f3c1d2a-format",
+                        "file": "volume-5b0e9f3c1d2a-storage", "read-only": False,
+                        "cache": {"direct": True, "no-flush": False}}
+    assert "aio" not in nodes[2] and nodes[2]["cache"]["direct"] is False
+    devices = [json.loads(d) for d in _opts(cmd, "-device") if d.startswith("{")]
+    assert devices == [
+        {"driver": "virtio-blk-pci", "bus": "pci.2", "addr": "0x0",
+         "drive": "volume-5b0e9f3c1d2a-format", "id": "virtio-disk1", "serial": VOLUME_ID},
+        {"driver": "virtio-blk-pci", "bus": "pci.5", "addr": "0x0",
+         "drive": "volume-0f0e0d0c0000-format", "id": "virtio-disk2",
+         "serial": "0f0e0d0c-0000-4000-8000-000000000002", "write-cache": "off"}]
+    # the root disk keeps its own ids; the volumes' device ids are hot-plug's
+    assert any(d.startswith("virtio-blk-pci,drive=libvirt-1-format,id=virtio-disk0")
+               for d in _opts(cmd, "-device"))
+    # swapping the volumes: the command without them is the command of the plain domain
+    plain = qemu_command(domain_xml(make_guest(), virt_type="qemu", paths=paths,
+                                    network_info=network_info()),
+                         user_net=net, qmp_socket=paths.qmp_socket, pidfile=paths.pidfile,
+                         console_log=paths.console_log)
+    assert without_volume_args(cmd) == plain
+    assert without_volume_args(plain) == plain
+
+
+def test_pcie_root_ports_fill_slots_eight_functions_each(tmp_path: Path) -> None:
+    paths = paths_for(tmp_path / UUID)
+    xml = domain_xml(make_guest(), virt_type="qemu", paths=paths, network_info=[])
+    xml = xml.replace('<controller type="pci" index="0" model="pcie-root" />',
+                      '<controller type="pci" index="0" model="pcie-root" />' + "".join(
+                          f'<controller type="pci" index="{i}" model="pcie-root-port" />'
+                          for i in range(PCIE_ROOT_PORTS + 1, 11)))
+    cmd = qemu_command(xml, user_net=None, qmp_socket=paths.qmp_socket,
+                       pidfile=paths.pidfile, console_log=paths.console_log)
+    ports = [d for d in _opts(cmd, "-device") if d.startswith("pcie-root-port,")]
+    assert len(ports) == 10
+    assert ports[0].endswith("addr=0x2,multifunction=on")
+    assert ports[7].endswith("addr=0x2.0x7")
+    assert ports[8].endswith("addr=0x3,multifunction=on") and "id=pci.9" in ports[8]
+    assert ports[9].endswith("addr=0x3.0x1")
+
+
+def _shut_off_guest(tmp_path: Path) -> tuple[QemuDriver, list[tuple[str | None, str]]]:
+    """A driver that adopted a guest with no qemu: attach and detach edit files only."""
+    traced: list[tuple[str | None, str]] = []
+    instances = tmp_path / "instances"
+    driver = QemuDriver("compute-1", instances, ImageCache(instances / "_base", _no_download),
+                        virt_type="qemu", metadata_url="http://x/metadata",
+                        metadata_secret_file=tmp_path / "secret",
+                        trace=lambda rid, summary, detail: traced.append((rid, summary)))
+    paths = paths_for(instances / UUID)
+    paths.folder.mkdir(parents=True)
+    xml = domain_xml(make_guest(), virt_type="qemu", paths=paths, network_info=network_info())
+    paths.xml.write_text(xml)
+    net = UserNet.from_network_info(network_info(), "stub-proxy", "vm-a")
+    command = qemu_command(xml, user_net=net, qmp_socket=paths.qmp_socket,
+                           pidfile=paths.pidfile, console_log=paths.console_log)
+    paths.record.write_text(json.dumps({
+        "uuid": UUID, "name": "instance-0000000a", "virt_type": "qemu", "command": command,
+        "pid": None, "netdev": "hostnet0", "paths": paths.as_dict()}))
+    driver.adopt(UUID, SHUTDOWN)
+    return driver, traced
+
+
+def _attachment(tmp_path: Path, volume_id: str = VOLUME_ID, device: str = "/dev/vdb",
+                request_id: str = "req-attach") -> VolumeAttachment:
+    backing = tmp_path / "cinder-volumes" / f"volume-{volume_id}"
+    backing.parent.mkdir(exist_ok=True)
+    with open(backing, "wb") as f:
+        f.truncate(64 * 1024**2)
+    link = (tmp_path / "dev/disk/by-path" /
+            f"ip-10.0.0.11:3260-iscsi-iqn.2010-10.org.openstack:volume-{volume_id}-lun-1")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to(backing)
+    return VolumeAttachment(volume_id=volume_id, device=device, path=str(link),
+                            serial=volume_id, request_id=request_id)
+
+
+def test_attach_and_detach_on_a_shut_off_guest_edit_the_xml_only(tmp_path: Path) -> None:
+    driver, traced = _shut_off_guest(tmp_path)
+    att = _attachment(tmp_path)
+    asyncio.run(driver.attach_volume(UUID, att))
+    info = driver.describe(UUID)
+    assert info["pid"] is None and info["power_state"] == SHUTDOWN
+    assert info["volumes"] == [{
+        "volume_id": VOLUME_ID, "device": "/dev/vdb", "serial": VOLUME_ID, "path": att.path,
+        "read_only": False, "qemu_device": "virtio-disk1", "root_port": "pci.1",
+        "node_names": ["volume-5b0e9f3c1d2a-storage", "volume-5b0e9f3c1d2a-format"]}]
+    disks = parse_domain(info["domain_xml"]).disks
+    assert [(d.target, d.path, d.serial, d.pci_bus) for d in disks[1:]] == [
+        ("vdb", att.path, VOLUME_ID, 1)]
+    # the saved command (what power_on runs) has the volume, with hot-plug's ids
+    devices = [json.loads(d) for d in _opts(info["command"], "-device") if d.startswith("{")]
+    assert [(d["id"], d["bus"], d["serial"]) for d in devices] == [
+        ("virtio-disk1", "pci.1", VOLUME_ID)]
+    assert any("not running" in s for rid, s in traced if rid == "req-attach")
+    assert not any(s.startswith(("blockdev-add", "device_add")) for _, s in traced)
+    # guest.json keeps the volume for the next cloud
+    again = QemuDriver("compute-1", driver.instances_dir, driver.image_cache, virt_type="qemu",
+                       metadata_url="http://x/metadata", metadata_secret_file=tmp_path / "s")
+    again.adopt(UUID, SHUTDOWN)
+    assert again.describe(UUID)["volumes"] == info["volumes"]
+
+    with pytest.raises(VolumeAttachFailed, match="already attached"):
+        asyncio.run(driver.attach_volume(UUID, att))
+    other = "0f0e0d0c-0000-4000-8000-000000000002"
+    with pytest.raises(VolumeAttachFailed, match="already has a disk /dev/vdb"):
+        asyncio.run(driver.attach_volume(UUID, _attachment(tmp_path, other)))
+    gone = _attachment(tmp_path, other, "/dev/vdc")
+    Path(gone.path).unlink()
+    with pytest.raises(VolumeAttachFailed, match="no device"):
+        asyncio.run(driver.attach_volume(UUID, gone))
+    assert len(driver.describe(UUID)["volumes"]) == 1  # refusals change nothing
+
+    asyncio.run(driver.detach_volume(UUID, VOLUME_ID, request_id="req-detach"))
+    info = driver.describe(UUID)
+    assert info["volumes"] == []
+    assert [d.is_volume for d in parse_domain(info["domain_xml"]).disks] == [False]
+    assert not any(d.startswith("{") for d in _opts(info["command"], "-device"))
+    asyncio.run(driver.detach_volume(UUID, VOLUME_ID))  # not attached: no error
+    with pytest.raises(GuestNotFound):
+        asyncio.run(driver.attach_volume("no-such-guest", att))
+
+
+def test_attach_fails_clearly_when_no_root_port_is_free(tmp_path: Path) -> None:
+    driver, _ = _shut_off_guest(tmp_path)
+    for i in range(PCIE_ROOT_PORTS):
+        vid = f"0f0e0d0c-0000-4000-8000-00000000000{i}"
+        asyncio.run(driver.attach_volume(
+            UUID, _attachment(tmp_path, vid, f"/dev/vd{chr(ord('b') + i)}")))
+    ports = {v["root_port"] for v in driver.describe(UUID)["volumes"]}
+    assert ports == {f"pci.{i}" for i in range(1, PCIE_ROOT_PORTS + 1)}
+    extra = _attachment(tmp_path, "0f0e0d0c-0000-4000-8000-0000000000ff", "/dev/vdz")
+    with pytest.raises(VolumeAttachFailed,
+                       match=f"no free PCIe root port .* all {PCIE_ROOT_PORTS} are taken"):
+        asyncio.run(driver.attach_volume(UUID, extra))
+    # a detach frees its port for the next volume
+    asyncio.run(driver.detach_volume(UUID, "0f0e0d0c-0000-4000-8000-000000000002"))
+    asyncio.run(driver.attach_volume(UUID, extra))
+    assert driver.describe(UUID)["volumes"][-1]["root_port"] == "pci.3"
 
 
 # -- host checks, constants, small helpers
@@ -822,3 +1090,189 @@ def test_spawn_failure_says_why(rig: Rig, tmp_path: Path) -> None:
     assert "qemu" in str(failed.value)
     rig.run(driver.destroy(uuid))
     assert not (driver.instances_dir / uuid).exists()
+
+
+# -- volumes: hot-plug over QMP into a real qemu
+
+@pytest.fixture
+def paused_q35(tmp_path: Path) -> Iterator[Path]:
+    """A q35 machine that never runs (-S): no guest kernel, so nothing ever lets go of a
+    device that device_del asks for. Its QMP socket."""
+    need(image=False)
+    sock = tmp_path / "qmp.sock"
+    proc = subprocess.Popen(
+        ["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-S", "-nodefaults",
+         "-display", "none", "-chardev", f"socket,id=mon,path={sock},server=on,wait=off",
+         "-mon", "chardev=mon,mode=control",
+         "-device", "pcie-root-port,port=0x10,chassis=1,id=pci.1,bus=pcie.0,addr=0x2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        yield sock
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_qmp_keeps_events_that_arrive_while_a_command_runs(paused_q35: Path) -> None:
+    with QMP(paused_q35) as q:
+        q.execute("cont")  # RESUME comes in among the answers
+        q.execute("stop")
+        q.execute("query-status")
+        assert q.wait_event("STOP", timeout=2)["event"] == "STOP"
+        assert q.wait_event("RESUME", timeout=2)["event"] == "RESUME"
+        with pytest.raises(QMPTimeout, match="no RESUME event"):
+            q.wait_event("RESUME", timeout=0.3)
+
+
+def test_hotplug_on_a_real_qemu_and_a_guest_that_never_lets_go(paused_q35: Path,
+                                                               tmp_path: Path) -> None:
+    from labkit.cloud.virt.hotplug import Hotplug
+
+    steps: list[str] = []
+    backing = tmp_path / "vol,with:odd chars"
+    backing.write_bytes(b"")
+    os.truncate(backing, 16 * 1024**2)
+    disk = _volume(path=str(backing), port=1, direct_io=False)
+    plug = Hotplug(paused_q35, lambda summary, detail: steps.append(summary), detach_timeout=1)
+    asyncio.run(plug.plug(disk))
+    assert [s.split()[0] for s in steps] == ["blockdev-add", "blockdev-add", "device_add"]
+    with QMP(paused_q35) as q:
+        assert "virtio-disk1" in {p["name"] for p in q.execute(
+            "qom-list", path="/machine/peripheral")}
+        # qemu keeps the whole volume id; the guest's virtio-blk reads only 20 bytes of it
+        assert q.execute("qom-get", path="/machine/peripheral/virtio-disk1",
+                         property="serial") == VOLUME_ID
+        names = {n["node-name"] for n in q.execute("query-named-block-nodes", flat=True)}
+        assert set(volume_node_names(VOLUME_ID)) <= names
+    # a second volume on a port that does not exist: refused, and its nodes rolled back
+    other = "0f0e0d0c-0000-4000-8000-000000000002"
+    with pytest.raises(VolumeAttachFailed, match="hot-plug of volume .* failed"):
+        asyncio.run(plug.plug(_volume("vdc", other, port=7, path=str(backing))))
+    with QMP(paused_q35) as q:
+        names = {n["node-name"] for n in q.execute("query-named-block-nodes", flat=True)}
+        assert not set(volume_node_names(other)) & names
+    # nothing runs to answer the PCIe attention button: the detach times out, twice
+    steps.clear()
+    with pytest.raises(VolumeAttachFailed, match="did not release vdb .* within 1 s"):
+        asyncio.run(plug.unplug(disk))
+    assert steps == ["device_del virtio-disk1"]
+    with pytest.raises(VolumeAttachFailed, match="try the detach again"):
+        asyncio.run(plug.unplug(disk))
+    assert steps[-1] == "device_del virtio-disk1: an unplug is already pending"
+
+
+def _ssh(rig: Rig, port: int, command: str) -> subprocess.CompletedProcess[str]:
+    assert rig.key is not None
+    return subprocess.run(
+        ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+         "-o", "BatchMode=yes", "-o", "ConnectTimeout=30", "-o", "LogLevel=ERROR",
+         "-i", str(rig.key), "-p", str(port), "root@127.0.0.1", command],
+        capture_output=True, text=True, timeout=120)
+
+
+def _ssh_until(rig: Rig, port: int, command: str, timeout: float = 60) -> str:
+    """Run `command` in the guest until it succeeds (a hot-plugged disk takes a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = _ssh(rig, port, command)
+        if done.returncode == 0:
+            return done.stdout
+        if time.monotonic() > deadline:
+            pytest.fail(f"{command!r} kept failing: {done.stdout}{done.stderr}")
+        time.sleep(0.5)
+
+
+MARKER = "labkit volume marker 6"
+UUID_C = "c0c0c0c0-4444-4c4c-8c4c-0c0c0c0c0c0c"
+UUID_D = "d0d0d0d0-5555-4d5d-8d5d-0d0d0d0d0d0d"
+
+
+@dataclass
+class VolumeRig:
+    driver: QemuDriver
+    att: VolumeAttachment
+    ports: dict[str, int]
+
+
+@pytest.fixture(scope="module")
+def volume_rig(rig: Rig, tmp_path_factory: pytest.TempPathFactory) -> VolumeRig:
+    if rig.key is None or not shutil.which("ssh"):
+        pytest.skip("needs ssh and ssh-keygen")
+    driver = rig.driver("compute-4")
+    ports = {}
+    for uuid, fip in ((UUID_C, "172.24.4.30"), (UUID_D, "172.24.4.31")):
+        rig.run(driver.spawn(make_guest(uuid, nets=network_info([fip]))))
+        ports[uuid] = driver.describe(uuid)["forwards"][0]["port"]
+    for uuid in ports:
+        rig.wait_console(driver, uuid, "labkit-tiny ready")
+    att = _attachment(tmp_path_factory.mktemp("volumes"))
+    return VolumeRig(driver, att, ports)
+
+
+def test_a_volume_hot_plugs_into_a_running_guest(rig: Rig, volume_rig: VolumeRig) -> None:
+    driver, att, port = volume_rig.driver, volume_rig.att, volume_rig.ports[UUID_C]
+    assert "vdb" not in _ssh_until(rig, port, "ls /sys/block")
+    rig.traced.clear()
+    rig.run(driver.attach_volume(UUID_C, att))
+    steps = [s for rid, s in rig.traced if rid == "req-attach"]
+    assert [s.split()[0] for s in steps[:3]] == ["blockdev-add", "blockdev-add", "device_add"]
+    # the guest sees /dev/vdb with the first 20 bytes of the volume id as its serial
+    # (virtio-blk's id is 20 bytes; nova passes the whole id and guests see it cut short)
+    assert _ssh_until(rig, port, "cat /sys/block/vdb/serial").strip() == VOLUME_ID[:20]
+    assert _ssh_until(rig, port, "cat /sys/block/vdb/size").strip() == str(64 * 2048)
+    _ssh_until(rig, port, f"printf '{MARKER}' | dd of=/dev/vdb bs=512 conv=sync,fsync")
+    assert driver.describe(UUID_C)["volumes"][0]["qemu_device"] == "virtio-disk1"
+    assert "<serial>" + VOLUME_ID in driver.describe(UUID_C)["domain_xml"]
+
+
+def test_detach_unplugs_the_disk_and_the_guest_stays_healthy(
+        rig: Rig, volume_rig: VolumeRig) -> None:
+    driver, att, port = volume_rig.driver, volume_rig.att, volume_rig.ports[UUID_C]
+    rig.traced.clear()
+    rig.run(driver.detach_volume(UUID_C, VOLUME_ID, request_id="req-detach"))
+    steps = [s for rid, s in rig.traced if rid == "req-detach"]
+    assert steps[:4] == ["device_del virtio-disk1", "DEVICE_DELETED",
+                         "blockdev-del volume-5b0e9f3c1d2a-format",
+                         "blockdev-del volume-5b0e9f3c1d2a-storage"]
+    assert driver.describe(UUID_C)["volumes"] == []
+    assert "vdb" not in _ssh_until(rig, port, "ls /sys/block")
+    assert _ssh_until(rig, port, "echo alive").strip() == "alive"
+    assert driver.power_state(UUID_C) == RUNNING
+    # the bytes the guest wrote are in the volume's file on the host
+    assert Path(att.path).read_bytes()[:len(MARKER)] == MARKER.encode()
+
+
+def test_a_volume_attached_while_shut_off_is_there_after_power_on(
+        rig: Rig, volume_rig: VolumeRig) -> None:
+    driver, att, port = volume_rig.driver, volume_rig.att, volume_rig.ports[UUID_D]
+    rig.run(driver.power_off(UUID_D))
+    rig.run(driver.attach_volume(UUID_D, att))
+    rig.run(driver.power_on(UUID_D))
+    rig.wait_console(driver, UUID_D, "labkit-tiny ready", count=2)
+    # the data written in the other guest reads back here
+    assert _ssh_until(rig, port, "cat /sys/block/vdb/serial").strip() == VOLUME_ID[:20]
+    assert _ssh_until(rig, port, f"head -c {len(MARKER)} /dev/vdb") == MARKER
+
+
+def test_volumes_survive_a_hard_reboot_and_a_restart_of_the_cloud(
+        rig: Rig, volume_rig: VolumeRig) -> None:
+    driver, port = volume_rig.driver, volume_rig.ports[UUID_D]
+    rig.run(driver.reboot(UUID_D, hard=True))
+    rig.wait_console(driver, UUID_D, "labkit-tiny ready", count=3)
+    assert _ssh_until(rig, port, f"head -c {len(MARKER)} /dev/vdb") == MARKER
+    # a new driver adopts the running guest; its detach names the devices the command
+    # line made at boot
+    volumes = driver.describe(UUID_D)["volumes"]
+    driver.guests.pop(UUID_D)
+    adopted = rig.driver("compute-4")
+    adopted.adopt(UUID_D, RUNNING)
+    assert adopted.describe(UUID_D)["volumes"] == volumes
+    rig.traced.clear()
+    rig.run(adopted.detach_volume(UUID_D, VOLUME_ID, request_id="req-detach-2"))
+    assert "DEVICE_DELETED" in [s for rid, s in rig.traced if rid == "req-detach-2"]
+    assert "vdb" not in _ssh_until(rig, port, "ls /sys/block")
+    rig.run(adopted.destroy(UUID_D))
+    rig.run(driver.destroy(UUID_C))

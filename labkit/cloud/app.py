@@ -31,6 +31,7 @@ from labkit.cloud.placement import PlacementService
 from labkit.cloud.service import Service
 from labkit.cloud.settings import CloudSettings
 from labkit.cloud.trace import Trace
+from labkit.cloud.volume import VolumeService
 
 
 class Cloud:
@@ -48,20 +49,21 @@ class Cloud:
             self.identity_db, FernetTokens(home / "fernet-keys", self.ids), self.ids,
             bcrypt_rounds=settings.bcrypt_rounds, token_ttl=settings.token_ttl)
         served = ("/identity", ImageService.path, PlacementService.path, NetworkService.path,
-                  ComputeService.path)
+                  VolumeService.path, ComputeService.path)
         bootstrap(self.identity, settings.lab, base_url, served)
         self.bus = MessageBus(self.trace)
-        # order matters: nova talks to glance, placement and neutron
+        # order matters: nova talks to glance, placement, neutron and cinder
         self.image = ImageService(self)
         self.placement = PlacementService(self)
         self.network = NetworkService(self)
+        self.volume = VolumeService(self)
         self.compute = ComputeService(self)
         # what nova-api-metadata and the metadata proxies share (neutron's
         # metadata_proxy_shared_secret): the proxies sign each guest's instance id with it
         self.metadata_secret = load_or_create_secret(home)
         self.mounted: dict[str, Service] = {
             "image": self.image, "placement": self.placement, "network": self.network,
-            "compute": self.compute}
+            "volume": self.volume, "compute": self.compute}
         self.services = {"keystone": "/identity", "labkit-inspector": "/labkit/v1",
                          "nova-api-metadata": "/metadata"}
         self.services.update({s.name: s.path for s in self.mounted.values()})

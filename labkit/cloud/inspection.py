@@ -230,6 +230,12 @@ def build_inspection_app(cloud: Cloud) -> Starlette:
             raise BadRequest(str(exc)) from exc
         return JSONResponse({"hops": [h.to_dict() for h in hops], "text": format_walk(hops)})
 
+    async def volume_targets(request: Request) -> Response:
+        """The volume node's iSCSI targets, as data and as `tgtadm --op show` prints them."""
+        admin(request)
+        targets = cloud.volume.targets
+        return JSONResponse({"targets": targets.describe(), "text": targets.show()})
+
     return Starlette(routes=[
         Route("/", index, methods=["GET"]),
         Route("/network/hosts", network_hosts, methods=["GET"]),
@@ -241,6 +247,7 @@ def build_inspection_app(cloud: Cloud) -> Starlette:
         Route("/servers/{server_id}/trace", server_trace, methods=["GET"]),
         Route("/scheduler/hosts", scheduler_hosts, methods=["GET"]),
         Route("/guests/{server_id}", guest, methods=["GET"]),
+        Route("/volume/targets", volume_targets, methods=["GET"]),
         Route("/trace", trace, methods=["GET"]),
         Route("/tokens/decode", decode_token, methods=["POST"]),
         Route("/db/{service}/{table}", table_rows, methods=["GET"]),

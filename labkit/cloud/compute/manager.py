@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from labkit.cloud.bus import MessageContext
 from labkit.cloud.compute import vif as os_vif
+from labkit.cloud.compute.block_devices import BlockDeviceMapping
+from labkit.cloud.compute.host_volumes import HostVolumes
 from labkit.cloud.compute.instance_events import InstanceEvents
 from labkit.cloud.compute.instances import CRASHED, NOSTATE, RUNNING, SHUTDOWN, Instance
 from labkit.cloud.compute.network import NetworkAllocationFailed, PortBindingFailed
@@ -41,6 +43,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 BUILD_EVENT = "compute__do_build_and_run_instance"
+ATTACH_EVENT = "compute_attach_volume"
+DETACH_EVENT = "compute_detach_volume"
 MAX_CONSOLE_BYTES = 100 * 1024
 POWER_NAMES = {NOSTATE: "NOSTATE", RUNNING: "Running", SHUTDOWN: "Shutdown",
                CRASHED: "Crashed", 3: "Paused", 7: "Suspended"}
@@ -76,6 +80,8 @@ class ComputeManager:
             weakref.WeakValueDictionary())
         # what builds here wait for from neutron (network-vif-plugged per port)
         self.events = InstanceEvents()
+        # the volumes of the instances here (os-brick, cinder's attachments, the driver)
+        self.volumes = HostVolumes(self)
         self._background: set[asyncio.Task[None]] = set()
 
     def _lock(self, uuid: str) -> asyncio.Lock:
@@ -327,6 +333,8 @@ class ComputeManager:
             await self.driver.destroy(uuid)
             self._unplug_vifs(ctx, uuid)
             await self.nova.network.deallocate_for_instance(ctx, self._row(uuid))
+            # the guest is gone: its volumes are logged out and given back to cinder
+            await self.volumes.release_all(ctx, self._row(uuid))
         except Exception as exc:
             log.exception("delete of %s on %s failed", uuid, self.host)
             self.nova.instances.finish_event(uuid, ctx.request_id, event, error=str(exc),
@@ -336,6 +344,61 @@ class ComputeManager:
         self.nova.release_allocation(ctx, uuid, self.component)
         self.nova.instances.finish_event(uuid, ctx.request_id, event)
         self.nova.finish_delete(ctx, uuid)
+
+    # -- volumes (nova's reserve_block_device_name, attach_volume, detach_volume)
+
+    async def reserve_block_device_name(self, ctx: MessageContext, instance_uuid: str,
+                                        volume_id: str, tag: str | None = None,
+                                        delete_on_termination: bool = False
+                                        ) -> dict[str, Any]:
+        """An RPC call from nova-api: the next free device name, held by a new block
+        device mapping (InvalidVolume if the volume already has one here)."""
+        async with self._lock(instance_uuid):
+            bdm = self.volumes.reserve(instance_uuid, volume_id, tag, delete_on_termination)
+        return {"uuid": bdm.uuid, "device_name": bdm.device_name}
+
+    async def attach_volume(self, ctx: MessageContext, instance_uuid: str,
+                            bdm_uuid: str) -> None:
+        async with self._lock(instance_uuid):
+            bdm = self._bdm(instance_uuid, bdm_uuid)
+            await self._volume_action(ctx, instance_uuid, ATTACH_EVENT, bdm,
+                                      self.volumes.attach)
+
+    async def detach_volume(self, ctx: MessageContext, instance_uuid: str, volume_id: str,
+                            attachment_id: str | None = None) -> None:
+        async with self._lock(instance_uuid):
+            bdm = next((b for b in self.nova.block_devices.for_instance(instance_uuid)
+                        if b.volume_id == volume_id), None)
+            await self._volume_action(ctx, instance_uuid, DETACH_EVENT, bdm,
+                                      self.volumes.detach)
+
+    def _bdm(self, instance_uuid: str, bdm_uuid: str) -> BlockDeviceMapping | None:
+        return next((b for b in self.nova.block_devices.for_instance(instance_uuid)
+                     if b.uuid == bdm_uuid), None)
+
+    async def _volume_action(self, ctx: MessageContext, uuid: str, event: str,
+                             bdm: BlockDeviceMapping | None,
+                             operation: Callable[[MessageContext, Instance,
+                                                  BlockDeviceMapping], Awaitable[None]]
+                             ) -> None:
+        """nova's wrap_instance_event and wrap_instance_fault around an attach or a
+        detach: the action's event says how it went; a failure leaves a fault."""
+        instances = self.nova.instances
+        instances.start_event(uuid, ctx.request_id, event, self.host)
+        try:
+            row = self._row(uuid)
+            if row.deleted or bdm is None:
+                raise TaskChanged(f"{uuid} was deleted, or the volume's mapping is gone")
+            await operation(ctx, row, bdm)
+        except Exception as exc:
+            log.warning("%s of %s on %s failed: %s", event, uuid, self.host, exc)
+            instances.finish_event(uuid, ctx.request_id, event, error=str(exc),
+                                   traceback=f"{type(exc).__name__}: {exc}")
+            if not self._row(uuid).deleted:
+                instances.add_fault(uuid, getattr(exc, "status", 500), str(exc),
+                                    details=f"{type(exc).__name__}: {exc}", host=self.host)
+            return
+        instances.finish_event(uuid, ctx.request_id, event)
 
     # -- what neutron tells nova (os-server-external-events, through nova-api)
 
@@ -468,6 +531,7 @@ class ComputeManager:
                     self._state(ctx, instance.uuid, task_state=None)
                 power = RUNNING if instance.vm_state == "active" else SHUTDOWN
                 self.driver.adopt(instance.uuid, power)
+                await self.volumes.restore(ctx, instance)
         # what the hypervisor found may differ from the records (a guest that died while
         # the cloud was down): the first sync runs now
         await self.sync_power_states()

@@ -3,6 +3,7 @@
 Create checks the flavor, image, key pair, zone, group and quotas, writes the
 instances (vm_state building, task_state scheduling) and casts to the conductor.
 Actions check the instance's state, set the task state and cast to its host.
+Volume attach and detach follow nova's attachments flow (see `attach_volume`).
 Nothing here sees HTTP; errors are labkit.cloud.errors with nova's messages.
 """
 
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from labkit.cloud.bus import MessageContext
+from labkit.cloud.compute.block_devices import BlockDeviceMapping, match_device
+from labkit.cloud.compute.cinder import InvalidInput, InvalidVolume, VolumeNotFound
 from labkit.cloud.compute.instances import NOSTATE, Instance
 from labkit.cloud.compute.states import set_state
 from labkit.cloud.errors import BadRequest, Conflict, Forbidden, NotFound
@@ -34,6 +37,8 @@ SCHEDULER_IMAGE_KEYS = {"architecture", "hypervisor_type", "vm_mode"}
 # task states a hard reboot may interrupt (nova's task_states.ALLOW_REBOOT)
 ALLOW_HARD_REBOOT = (None, "rebooting", "reboot_pending", "reboot_started", "resuming",
                      "rebooting_hard", "unpausing", "pausing", "suspending")
+# vm_states an attach or a detach may start from (shelving is not in this lab)
+VOLUME_VM_STATES = ("active", "paused", "stopped", "resized", "soft-delete")
 MAX_USER_DATA = 65535  # bytes once decoded, nova's limit
 HOSTNAME_CHARS = re.compile(r"[^\w.-]+")
 
@@ -106,9 +111,9 @@ class ServersAPI:
             source = bdm.get("source_type")
             if source in ("volume", "snapshot", "blank") or bdm.get(
                     "destination_type") == "volume":
-                raise BadRequest("Block Device Mapping is Invalid: this lab has no block "
-                                 "storage service yet, so a server boots from an image onto "
-                                 "a local disk only.")
+                raise BadRequest("Block Device Mapping is Invalid: this lab boots servers "
+                                 "from images onto a local disk only; attach volumes to a "
+                                 "server once it runs.")
             if source == "image" and str(bdm.get("boot_index")) == "0" and not image_id:
                 image_id = bdm.get("uuid") or ""
         if not image_id:
@@ -402,3 +407,94 @@ class ServersAPI:
         instance = self.instance(ctx, uuid)
         # a rename keeps the hostname: nova changes it only when asked (2.90's "hostname")
         self.nova.instances.update(instance.uuid, **values)
+
+    # -- volumes (nova.compute.api's attach_volume and detach_volume)
+
+    async def _volume(self, ctx: MessageContext, volume_id: str) -> dict[str, Any]:
+        """The volume, as the caller's own token would get it from cinder: another
+        project's volume is not found."""
+        volume = await self.nova.volume.get(ctx, volume_id)
+        owner = volume.get("os-vol-tenant-attr:tenant_id")
+        if not ctx.is_admin and owner is not None and owner != ctx.project_id:
+            raise VolumeNotFound(volume_id)
+        return volume
+
+    def _check_volume_state(self, ctx: MessageContext, action: str,
+                            instance: Instance) -> None:
+        """nova's check_instance_lock and check_instance_state, before anything else."""
+        if instance.locked and not ctx.is_admin:
+            raise Conflict(f"Instance {instance.uuid} is locked")
+        if instance.vm_state not in VOLUME_VM_STATES:
+            raise self._refuse(action, instance, "vm_state")
+        if instance.task_state is not None:
+            raise self._refuse(action, instance, "task_state")
+
+    def _check_not_attached(self, volume: dict[str, Any], instance: Instance) -> None:
+        """nova's _check_volume_already_attached: since cinder 3.44 would let the same
+        volume be attached twice, nova refuses from its own mappings."""
+        bdms = self.nova.block_devices.for_volume(volume["id"])
+        if not bdms:
+            return
+        if not volume.get("multiattach"):
+            uuids = " ".join(b.instance_uuid for b in bdms)
+            raise InvalidVolume(f"volume {volume['id']} is already attached to instances: "
+                                f"{uuids}")
+        if any(b.instance_uuid == instance.uuid for b in bdms):
+            raise InvalidVolume(f"volume {volume['id']} already attached")
+
+    async def attach_volume(self, ctx: MessageContext, uuid: str, volume_id: str,
+                            device: str | None = None, tag: str | None = None,
+                            delete_on_termination: bool = False) -> BlockDeviceMapping:
+        """Reserve a device on the compute host (an RPC call), reserve the volume in
+        cinder (an attachment with no connector), then cast the attach to the host.
+
+        A `device` asked for is checked for its form and then ignored: the libvirt
+        driver picks the next free name itself, as nova's has since Liberty. Nova from
+        2.101 makes the reserve in the conductor and answers 202; below that (all this
+        lab advertises) nova-api makes it and answers with the device."""
+        instance = self.instance(ctx, uuid)
+        self._check_volume_state(ctx, "attach_volume", instance)
+        if device and match_device(device) is None:
+            raise BadRequest(f"The supplied device path ({device}) is invalid.")
+        volume = await self._volume(ctx, volume_id)
+        self._check_not_attached(volume, instance)
+        self._require_host(instance)
+        nova = self.nova
+        reserved = await nova.bus.call(
+            ctx, f"compute.{instance.host}", "reserve_block_device_name",
+            instance_uuid=uuid, volume_id=volume_id, tag=tag,
+            delete_on_termination=delete_on_termination)
+        try:
+            attachment = await nova.volume.attachment_create(ctx, volume_id, uuid)
+            bdm = nova.block_devices.update(reserved["uuid"], attachment_id=attachment["id"])
+        except Exception:
+            # nothing of the attach stays: the device name is free again
+            nova.block_devices.destroy(reserved["uuid"])
+            raise
+        with nova.database.session() as s:
+            nova.instances.start_action(s, uuid, "attach_volume", ctx.request_id or "",
+                                        ctx.user_id or "", ctx.project_id or "")
+        nova.bus.cast(ctx, f"compute.{instance.host}", "attach_volume", instance_uuid=uuid,
+                      bdm_uuid=bdm.uuid)
+        return bdm
+
+    async def detach_volume(self, ctx: MessageContext, uuid: str, volume_id: str) -> None:
+        """Check the attachment, mark the volume detaching in cinder, cast the detach."""
+        instance = self.instance(ctx, uuid)
+        await self._volume(ctx, volume_id)
+        try:
+            bdm = self.nova.block_devices.get(volume_id, uuid)
+        except NotFound as exc:
+            raise NotFound(f"Instance {uuid} is not attached to volume {volume_id}") from exc
+        self._check_volume_state(ctx, "detach_volume", instance)
+        self._require_host(instance)
+        try:
+            await self.nova.volume.begin_detaching(ctx, volume_id)
+        except InvalidInput as exc:
+            raise InvalidVolume(exc.message) from exc
+        with self.nova.database.session() as s:
+            self.nova.instances.start_action(s, uuid, "detach_volume", ctx.request_id or "",
+                                             ctx.user_id or "", ctx.project_id or "")
+        self.nova.bus.cast(ctx, f"compute.{instance.host}", "detach_volume",
+                           instance_uuid=uuid, volume_id=volume_id,
+                           attachment_id=bdm.attachment_id)

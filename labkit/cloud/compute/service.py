@@ -20,6 +20,8 @@ from labkit.cloud.bus import MessageContext
 from labkit.cloud.compute import api
 from labkit.cloud.compute.api import versions
 from labkit.cloud.compute.base import ComputeBase
+from labkit.cloud.compute.block_devices import BlockDevices
+from labkit.cloud.compute.cinder import CinderVolumeAPI, NoVolumeAPI, VolumeAPI
 from labkit.cloud.compute.conductor import ConductorManager
 from labkit.cloud.compute.drivers import driver_name, make_driver
 from labkit.cloud.compute.flavors import Flavors
@@ -69,11 +71,13 @@ class ComputeService:
         self._client: ServiceClient | None = None
         self._cloud = cloud
         self.network: NetworkAPI = self._network_api(cloud)
+        self.volume: VolumeAPI = self._volume_api(cloud)
         # how long a build waits for neutron's network-vif-plugged, and whether not
         # hearing it fails the build
         self.vif_plugging_timeout = VIF_PLUGGING_TIMEOUT
         self.vif_plugging_is_fatal = True
         self.instances = Instances(self.database)
+        self.block_devices = BlockDevices(self.database, self.ids)
         self.hosts = Hosts(self.database, self.ids, settings.lab)
         self.flavors = Flavors(self.database, self.ids)
         self.flavors.bootstrap(settings.lab)
@@ -99,8 +103,22 @@ class ComputeService:
             return NoNetwork()
         return NeutronNetworkAPI(self, self.service_client())
 
+    def _volume_api(self, cloud: Cloud) -> VolumeAPI:
+        """Cinder over HTTP, as nova's service user, when the cloud has a block storage
+        service (mounted before nova); else every volume call fails as nova's does when
+        it cannot reach cinder."""
+        if getattr(cloud, "volume", None) is None:
+            return NoVolumeAPI()
+        return CinderVolumeAPI(self.service_client())
+
+    @property
+    def cloud(self) -> Cloud:
+        """The cloud nova runs in (os-brick on a compute host reaches cinder's target)."""
+        return self._cloud
+
     def service_client(self) -> ServiceClient:
-        """nova's one HTTP client to the other services (neutron, glance), as user nova."""
+        """nova's one HTTP client to the other services (neutron, glance, cinder), as
+        user nova."""
         if self._client is None:
             self._client = ServiceClient(self._cloud, "nova", service_password(
                 self._cloud.settings.lab, "nova"), component="nova-compute")

@@ -31,9 +31,10 @@ if TYPE_CHECKING:
 NOVA_NS = "http://openstack.org/xmlns/libvirt/nova/1.1"
 # the qemu binary the XML names, as libvirt's <emulator>: the one on PATH
 EMULATOR = shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
-# Free pcie-root-ports for hot-plug (volumes, ports): q35's root bus refuses hot-plug,
-# so nova's [libvirt] num_pcie_ports adds empty ones at boot.
-PCIE_ROOT_PORTS = 4
+# pcie-root-ports for hot-plug (volumes): q35's root bus refuses hot-plug, so nova's
+# [libvirt] num_pcie_ports adds ports at boot. The root disk, the NIC and the balloon sit
+# on the root bus here, so every port is free for a volume: eight volumes, vdb to vdi.
+PCIE_ROOT_PORTS = 8
 TCG_CPU_MODEL = "qemu64"
 UNIX_PATH_MAX = 107  # sun_path holds 108 bytes, the last one a NUL
 
@@ -156,6 +157,16 @@ def direct_io_supported(folder: Path) -> bool:
     return True
 
 
+def direct_io_file(path: Path | str) -> bool:
+    """Does the file at `path` open with O_DIRECT (a volume's backing file; tmpfs refuses)?"""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
 # -- writing the XML
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -208,8 +219,10 @@ def _metadata(root: ET.Element, guest: GuestSpec, network_info: list[dict[str, A
 
 
 def domain_xml(guest: GuestSpec, *, virt_type: str, paths: GuestPaths,
-               network_info: list[dict[str, Any]], disk_cache: str = "none") -> str:
-    """The domain nova would define for `guest` (virt_type "qemu" for TCG or "kvm")."""
+               network_info: list[dict[str, Any]], disk_cache: str = "none",
+               volumes: list[DomainDisk] | None = None) -> str:
+    """The domain nova would define for `guest` (virt_type "qemu" for TCG or "kvm"), with
+    `volumes` (see volume_disk) after its root disk."""
     if virt_type not in ("qemu", "kvm"):
         raise ValueError(f"virt_type must be qemu or kvm, not {virt_type!r}")
     root = ET.Element("domain", type=virt_type)
@@ -265,6 +278,8 @@ def domain_xml(guest: GuestSpec, *, virt_type: str, paths: GuestPaths,
     _sub(disk, "driver", name="qemu", type="qcow2", cache=disk_cache)
     _sub(disk, "source", file=str(paths.disk))
     _sub(disk, "target", dev="vda", bus="virtio")
+    for volume in volumes or ():
+        devices.append(volume_disk_element(volume))
     for vif in network_info:
         iface = _sub(devices, "interface", type="bridge")
         _sub(iface, "mac", address=vif["address"])
@@ -285,9 +300,7 @@ def domain_xml(guest: GuestSpec, *, virt_type: str, paths: GuestPaths,
         _sub(devices, "controller", type="pci", index=str(index), model="pcie-root-port")
     balloon = _sub(devices, "memballoon", model="virtio")
     _sub(balloon, "stats", period="10")
-
-    ET.indent(root, space="  ")
-    return ET.tostring(root, encoding="unicode") + "\n"
+    return _serialize(root)
 
 
 # -- reading it back
@@ -299,6 +312,99 @@ class DomainDisk:
     target: str
     bus: str
     cache: str
+    type: str = "file"  # "block" for a volume: the host's device os-brick connected
+    serial: str | None = None  # a volume's id, which the guest reads as the disk's serial
+    io: str | None = None  # "native" (Linux AIO) with cache none, as nova asks for volumes
+    read_only: bool = False
+    pci_bus: int | None = None  # the pcie-root-port (controller index) the disk sits on
+    alias: str | None = None  # libvirt's device alias: qemu's device id
+
+    @property
+    def is_volume(self) -> bool:
+        return self.serial is not None
+
+
+def volume_disk(*, path: str, target: str, serial: str, pci_bus: int,
+                direct_io: bool = True, read_only: bool = False) -> DomainDisk:
+    """A cinder volume as nova's libvirt driver describes an iSCSI one (LibvirtConfigGuestDisk
+    from the volume driver): a raw block device, cache none with native AIO when the host
+    allows O_DIRECT (writethrough otherwise), the volume id as serial, on its root port."""
+    return DomainDisk(path=path, format="raw", target=target.removeprefix("/dev/"),
+                      bus="virtio", cache="none" if direct_io else "writethrough",
+                      type="block", serial=serial, io="native" if direct_io else None,
+                      read_only=read_only, pci_bus=pci_bus, alias=disk_alias(target))
+
+
+def disk_alias(target: str) -> str:
+    """libvirt's alias for a virtio disk, used as qemu's device id: vda is virtio-disk0,
+    vdb virtio-disk1, vdaa virtio-disk26 (the target's letters counted as libvirt does)."""
+    name = target.removeprefix("/dev/")
+    letters = name[2:]
+    if not name.startswith("vd") or not letters or not (letters.isascii() and letters.isalpha()
+                                                         and letters.islower()):
+        raise ValueError(f"not a virtio disk name: {target!r}")
+    index = 0
+    for ch in letters:
+        index = index * 26 + (ord(ch) - ord("a") + 1)
+    return f"virtio-disk{index - 1}"
+
+
+def volume_disk_element(disk: DomainDisk) -> ET.Element:
+    """<disk type="block" device="disk"> for a volume, with the address a running domain's
+    XML shows (bus = the root port's controller index)."""
+    el = ET.Element("disk", type=disk.type, device="disk")
+    driver = {"name": "qemu", "type": disk.format, "cache": disk.cache}
+    if disk.io:
+        driver["io"] = disk.io
+    _sub(el, "driver", **driver)
+    _sub(el, "source", **({"dev": disk.path} if disk.type == "block" else {"file": disk.path}))
+    _sub(el, "target", dev=disk.target, bus=disk.bus)
+    if disk.read_only:
+        _sub(el, "readonly")
+    if disk.serial is not None:
+        _sub(el, "serial", disk.serial)
+    if disk.alias:
+        _sub(el, "alias", name=disk.alias)
+    if disk.pci_bus is not None:
+        _sub(el, "address", type="pci", domain="0x0000", bus=f"{disk.pci_bus:#04x}",
+             slot="0x00", function="0x0")
+    return el
+
+
+def add_volume_disk(xml: str, disk: DomainDisk) -> str:
+    """The domain XML with `disk` after its last disk (libvirt keeps disks together)."""
+    root = ET.fromstring(xml)
+    devices = root.find("devices")
+    if devices is None:
+        raise ValueError("the domain has no <devices>")
+    if any(d.findtext("serial") == disk.serial for d in devices.findall("disk")):
+        raise ValueError(f"the domain already has a disk with serial {disk.serial}")
+    disks = devices.findall("disk")
+    at = list(devices).index(disks[-1]) + 1 if disks else 0
+    devices.insert(at, volume_disk_element(disk))
+    return _serialize(root)
+
+
+def remove_volume_disk(xml: str, serial: str) -> str:
+    """The domain XML without the disk whose serial is `serial` (unchanged if none)."""
+    root = ET.fromstring(xml)
+    devices = root.find("devices")
+    if devices is not None:
+        for d in devices.findall("disk"):
+            if d.findtext("serial") == serial:
+                devices.remove(d)
+    return _serialize(root)
+
+
+def _serialize(root: ET.Element) -> str:
+    ET.indent(root, space="  ")
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def free_root_port(dom: Domain) -> int | None:
+    """The lowest pcie-root-port (controller index) no disk sits on; None when all are taken."""
+    taken = {d.pci_bus for d in dom.disks if d.pci_bus is not None}
+    return next((i for i in range(1, dom.pcie_root_ports + 1) if i not in taken), None)
 
 
 @dataclass
@@ -350,6 +456,24 @@ def _memory_kib(el: ET.Element | None) -> int:
     return int(int(el.text) * factor)
 
 
+def _parse_disk(disk: ET.Element) -> DomainDisk:
+    driver, source, target = disk.find("driver"), disk.find("source"), disk.find("target")
+    alias, address = disk.find("alias"), disk.find("address")
+    pci_bus = None
+    if address is not None and address.get("type") == "pci" and address.get("bus"):
+        pci_bus = int(address.get("bus", "0"), 0)
+    return DomainDisk(
+        path=(source.get("file") or source.get("dev") or "") if source is not None else "",
+        format=driver.get("type", "raw") if driver is not None else "raw",
+        target=target.get("dev", "vda") if target is not None else "vda",
+        bus=target.get("bus", "virtio") if target is not None else "virtio",
+        cache=driver.get("cache", "none") if driver is not None else "none",
+        type=disk.get("type", "file"), serial=disk.findtext("serial"),
+        io=driver.get("io") if driver is not None else None,
+        read_only=disk.find("readonly") is not None, pci_bus=pci_bus,
+        alias=alias.get("name") if alias is not None else None)
+
+
 def parse_domain(xml: str) -> Domain:
     """Read a domain XML (ours, or one like it) into plain data."""
     root = ET.fromstring(xml)
@@ -373,13 +497,7 @@ def parse_domain(xml: str) -> Domain:
     for entry in root.findall("sysinfo/system/entry"):
         dom.smbios[entry.get("name", "")] = entry.text or ""
     for disk in root.findall("devices/disk"):
-        driver, source, target = disk.find("driver"), disk.find("source"), disk.find("target")
-        dom.disks.append(DomainDisk(
-            path=source.get("file", "") if source is not None else "",
-            format=driver.get("type", "raw") if driver is not None else "raw",
-            target=target.get("dev", "vda") if target is not None else "vda",
-            bus=target.get("bus", "virtio") if target is not None else "virtio",
-            cache=driver.get("cache", "none") if driver is not None else "none"))
+        dom.disks.append(_parse_disk(disk))
     for iface in root.findall("devices/interface"):
         mac, model = iface.find("mac"), iface.find("model")
         source, target, mtu = iface.find("source"), iface.find("target"), iface.find("mtu")

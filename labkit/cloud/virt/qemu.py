@@ -12,7 +12,13 @@ Each guest's qemu runs in a session of its own, so it outlives a crash of the cl
 the next cloud adopts it (adopt) or, when its state is thrown away, kills it
 (kill_orphans). An instance folder holds: disk, kernel, ramdisk, libvirt.xml,
 console.log, qemu.log, qemu.pid, guest.json (what this driver needs to take the guest
-over again: the command, the forwards, the pid) and usually qmp.sock.
+over again: the command, the forwards, the volumes, the pid) and usually qmp.sock.
+
+Volumes (attach_volume, detach_volume) are hot-plugged over QMP into a running guest
+(hotplug.py) and written into libvirt.xml as <disk> elements; the command line is
+derived from the XML again, so a guest that starts later (power on, hard reboot, a
+restart of the cloud) has its volumes. A guest that is not running only gets the XML.
+QMP is blocking socket I/O: async methods run it in a thread.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from labkit.cloud.netinfo import floating_ips
 
 if TYPE_CHECKING:
-    from labkit.cloud.virt.driver import GuestSpec
+    from labkit.cloud.virt.driver import GuestSpec, VolumeAttachment
     from labkit.cloud.virt.imagecache import ImageCache
 
 log = logging.getLogger(__name__)
@@ -143,6 +149,32 @@ def preferred_port(floating_ip: str) -> int:
     return FORWARD_BASE + int(ipaddress.ip_address(floating_ip)) % 10000
 
 
+# -- short QMP exchanges, run in a thread by the async methods
+
+def _monitor_says_running(sock: Path) -> bool:
+    from labkit.cloud.virt.qmp import QMP, QMPError
+
+    try:
+        with QMP(sock, timeout=0.5) as q:
+            return bool(q.query_status().get("running"))
+    except QMPError:
+        return False
+
+
+def _monitor_quit(sock: Path) -> None:
+    from labkit.cloud.virt.qmp import QMP, QMPError
+
+    with contextlib.suppress(QMPError), QMP(sock, timeout=0.5) as q:
+        q.quit()
+
+
+def _monitor_hostfwd_remove(sock: Path, netdev: str, port: int, host: str) -> None:
+    from labkit.cloud.virt.qmp import QMP, QMPError
+
+    with contextlib.suppress(QMPError), QMP(sock) as q:
+        q.hostfwd_remove(netdev, port, host)
+
+
 # -- the driver
 
 @dataclass
@@ -157,6 +189,8 @@ class _Guest:
     netdev: str | None
     forwards: list[dict[str, Any]] = field(default_factory=list)
     image_cache: list[dict[str, Any]] = field(default_factory=list)
+    # attached volumes: volume_id, device, serial, path, qemu_device, root_port, node_names
+    volumes: list[dict[str, Any]] = field(default_factory=list)
     pid: int | None = None
     proc: subprocess.Popen[bytes] | None = None
     stopping: bool = False  # the driver asked qemu to stop: its exit is no news
@@ -167,7 +201,7 @@ class _Guest:
         return {"uuid": self.uuid, "name": self.name, "virt_type": self.virt_type,
                 "command": self.command, "pid": self.pid, "netdev": self.netdev,
                 "forwards": self.forwards, "image_cache": self.image_cache,
-                "paths": self.paths.as_dict()}
+                "volumes": self.volumes, "paths": self.paths.as_dict()}
 
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> _Guest:
@@ -178,7 +212,8 @@ class _Guest:
         return cls(uuid=data["uuid"], name=data.get("name", ""), paths=paths,
                    command=list(data["command"]), virt_type=data.get("virt_type", "qemu"),
                    netdev=data.get("netdev"), forwards=list(data.get("forwards", [])),
-                   image_cache=list(data.get("image_cache", [])), pid=data.get("pid"))
+                   image_cache=list(data.get("image_cache", [])),
+                   volumes=list(data.get("volumes", [])), pid=data.get("pid"))
 
 
 ProxyCommand = Callable[[str, Path, str, str], str]
@@ -200,7 +235,8 @@ class QemuDriver:
                  trace: Callable[[str | None, str, dict[str, Any]], None] | None = None,
                  on_power_change: Callable[[str], None] | None = None,
                  step_seconds: float = 0.0,
-                 metadata_proxy: ProxyCommand | None = None) -> None:
+                 metadata_proxy: ProxyCommand | None = None,
+                 detach_timeout: float | None = None) -> None:
         if virt_type not in ("qemu", "kvm"):
             raise ValueError(f"virt_type must be qemu or kvm, not {virt_type!r}")
         self.host = host
@@ -213,7 +249,10 @@ class QemuDriver:
         self.on_power_change = on_power_change
         self.step_seconds = step_seconds
         self.metadata_proxy = metadata_proxy
+        self.detach_timeout = detach_timeout  # None: hotplug.DETACH_TIMEOUT
         self.guests: dict[str, _Guest] = {}
+        # one operation at a time per guest (nova holds the instance's lock likewise)
+        self._locks: dict[str, asyncio.Lock] = {}
 
     # -- small helpers
 
@@ -223,6 +262,9 @@ class QemuDriver:
                 self.trace(request_id, summary, detail)
             except Exception:  # a broken trace must never break a guest
                 log.exception("trace of %r failed", summary)
+
+    def _lock(self, uuid: str) -> asyncio.Lock:
+        return self._locks.setdefault(uuid, asyncio.Lock())
 
     async def _step(self) -> None:
         if self.step_seconds:
@@ -341,7 +383,6 @@ class QemuDriver:
     async def _start(self, g: _Guest, rid: str | None = None) -> None:
         """Run the guest's qemu and wait for its monitor to say "running"."""
         from labkit.cloud.virt.driver import SpawnFailed
-        from labkit.cloud.virt.qmp import QMP, QMPError
 
         g.paths.qmp_socket.parent.mkdir(parents=True, exist_ok=True)
         g.paths.qmp_socket.unlink(missing_ok=True)
@@ -368,12 +409,8 @@ class QemuDriver:
             if proc.poll() is not None:
                 raise SpawnFailed(f"qemu for {g.name} on {self.host} exited with "
                                   f"{proc.returncode}: {_tail(g.paths.log)}")
-            try:
-                with QMP(g.paths.qmp_socket, timeout=0.5) as q:
-                    if q.query_status().get("running"):
-                        break
-            except QMPError:
-                pass
+            if await asyncio.to_thread(_monitor_says_running, g.paths.qmp_socket):
+                break
             if time.monotonic() - started > START_DEADLINE:
                 await self._stop(g)
                 raise SpawnFailed(f"qemu for {g.name} on {self.host} did not run within "
@@ -441,13 +478,10 @@ class QemuDriver:
 
     async def _stop(self, g: _Guest, grace: float = QUIT_GRACE) -> None:
         """QMP quit, then SIGKILL if qemu is still there after `grace` seconds."""
-        from labkit.cloud.virt.qmp import QMP, QMPError
-
         g.stopping = True
         self._unwatch(g)
         if g.pid is not None and self._alive(g):
-            with contextlib.suppress(QMPError), QMP(g.paths.qmp_socket, timeout=0.5) as q:
-                q.quit()
+            await asyncio.to_thread(_monitor_quit, g.paths.qmp_socket)
             deadline = time.monotonic() + grace
             while self._alive(g) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
@@ -478,16 +512,18 @@ class QemuDriver:
 
     async def power_off(self, uuid: str) -> None:
         g = self._guest(uuid)
-        await self._stop(g)
-        self._save(g)
+        async with self._lock(uuid):
+            await self._stop(g)
+            self._save(g)
 
     async def power_on(self, uuid: str) -> None:
         """Start again from the saved command: same disk, console log appended."""
         g = self._guest(uuid)
-        if self._alive(g):
-            return
-        await self._start(g)
-        await self._reapply_forwards(g)
+        async with self._lock(uuid):
+            if self._alive(g):
+                return
+            await self._start(g)
+            await self._reapply_forwards(g)
 
     async def reboot(self, uuid: str, hard: bool) -> None:
         """Soft: QMP system_reset. Hard: kill qemu and start it again (nova's hard reboot
@@ -495,16 +531,17 @@ class QemuDriver:
         from labkit.cloud.virt.qmp import QMP, QMPError
 
         g = self._guest(uuid)
-        if not hard and self._alive(g):
-            try:
-                with QMP(g.paths.qmp_socket) as q:
-                    q.system_reset()
-                return
-            except QMPError:
-                log.warning("soft reboot of %s failed; rebooting hard", uuid)
-        await self._stop(g)
-        await self._start(g)
-        await self._reapply_forwards(g)
+        async with self._lock(uuid):
+            if not hard and self._alive(g):
+                try:
+                    with QMP(g.paths.qmp_socket) as q:
+                        await asyncio.to_thread(q.system_reset)
+                    return
+                except QMPError:
+                    log.warning("soft reboot of %s failed; rebooting hard", uuid)
+            await self._stop(g)
+            await self._start(g)
+            await self._reapply_forwards(g)
 
     def power_state(self, uuid: str) -> int:
         from labkit.cloud.virt.qmp import QMP, QMPError
@@ -569,7 +606,7 @@ class QemuDriver:
         new ones are added, ones no longer there removed. Recorded in guest.json, and
         applied again whenever the guest starts. Every vif's floating IPs lead to the
         one NIC with traffic (qemu_command.py says why there is only one)."""
-        from labkit.cloud.virt.qmp import QMP, QMPError
+        from labkit.cloud.virt.qmp import QMPError
 
         g = self.guests.get(uuid)
         if g is None:
@@ -582,8 +619,8 @@ class QemuDriver:
                 kept.append(fwd)
                 continue
             if running:
-                with contextlib.suppress(QMPError), QMP(g.paths.qmp_socket) as q:
-                    q.hostfwd_remove(g.netdev, fwd["port"], fwd["host"])
+                await asyncio.to_thread(_monitor_hostfwd_remove, g.paths.qmp_socket,
+                                        g.netdev, fwd["port"], fwd["host"])
             self._trace(request_id, f"remove forward {fwd['host']}:{fwd['port']} "
                                     f"(floating IP {fwd['floating_ip']} gone)", **fwd)
         g.forwards = kept
@@ -594,7 +631,8 @@ class QemuDriver:
             fwd = {"floating_ip": fip, "host": FORWARD_HOST, "port": 0,
                    "guest_port": GUEST_SSH_PORT}
             try:
-                fwd["port"] = self._add_forward(g, fip) if running else self._pick_port(fip)
+                fwd["port"] = (await asyncio.to_thread(self._add_forward, g, fip) if running
+                               else self._pick_port(fip))
             except (RuntimeError, QMPError) as exc:
                 self._trace(request_id, f"cannot forward floating IP {fip}: {exc}",
                             floating_ip=fip)
@@ -640,11 +678,121 @@ class QemuDriver:
             return
         for fwd in g.forwards:
             try:
-                fwd["port"] = self._add_forward(g, fwd["floating_ip"], fwd["port"])
+                fwd["port"] = await asyncio.to_thread(self._add_forward, g, fwd["floating_ip"],
+                                                      fwd["port"])
             except (RuntimeError, QMPError) as exc:
                 self._trace(None, f"cannot forward floating IP {fwd['floating_ip']} again: "
                                   f"{exc}", **fwd)
         self._save(g)
+
+    # -- volumes
+
+    def _write_xml(self, g: _Guest, xml: str) -> None:
+        """A new libvirt.xml, and the command line derived from its disks again."""
+        from labkit.cloud.virt.libvirt_xml import parse_domain
+        from labkit.cloud.virt.qemu_command import volume_args, without_volume_args
+
+        tmp = g.paths.xml.with_name(g.paths.xml.name + ".tmp")
+        tmp.write_text(xml)
+        os.replace(tmp, g.paths.xml)
+        g.command = without_volume_args(g.command) + volume_args(parse_domain(xml).disks)
+
+    async def attach_volume(self, uuid: str, volume: VolumeAttachment) -> None:
+        """Plug the volume in (hot-plug over QMP when the guest runs) and keep it in
+        libvirt.xml and guest.json, so every later start of the guest has it."""
+        from labkit.cloud.virt.driver import VolumeAttachFailed
+        from labkit.cloud.virt.hotplug import Hotplug
+        from labkit.cloud.virt.libvirt_xml import (
+            add_volume_disk,
+            direct_io_file,
+            free_root_port,
+            parse_domain,
+            volume_disk,
+        )
+        from labkit.cloud.virt.qemu_command import volume_node_names
+
+        g = self._guest(uuid)
+        rid = volume.request_id
+        async with self._lock(uuid):
+            xml = g.paths.xml.read_text()
+            dom = parse_domain(xml)
+            target = volume.device.removeprefix("/dev/")
+            if any(v["volume_id"] == volume.volume_id for v in g.volumes) or any(
+                    d.serial == volume.serial for d in dom.disks):
+                raise VolumeAttachFailed(f"volume {volume.volume_id} is already attached "
+                                         f"to {g.name}")
+            if any(d.target == target for d in dom.disks):
+                raise VolumeAttachFailed(f"{g.name} already has a disk {volume.device}")
+            if not os.path.exists(volume.path):
+                raise VolumeAttachFailed(f"the host has no device {volume.path} for volume "
+                                         f"{volume.volume_id} (is the volume connected?)")
+            port = free_root_port(dom)
+            if port is None:
+                raise VolumeAttachFailed(
+                    f"no free PCIe root port on {g.name} for volume {volume.volume_id}: all "
+                    f"{dom.pcie_root_ports} are taken (nova's [libvirt] num_pcie_ports)")
+            try:
+                disk = volume_disk(path=volume.path, target=target, serial=volume.serial,
+                                   pci_bus=port, read_only=volume.read_only,
+                                   direct_io=await asyncio.to_thread(direct_io_file,
+                                                                     volume.path))
+            except ValueError as exc:
+                raise VolumeAttachFailed(f"cannot attach volume {volume.volume_id}: "
+                                         f"{exc}") from exc
+            if g.pid is not None and self._alive(g):
+                await Hotplug(g.paths.qmp_socket,
+                              lambda summary, detail: self._trace(rid, summary, **detail),
+                              **self._hotplug_options()).plug(disk)
+            else:
+                self._trace(rid, f"{g.name} is not running: {volume.device} is only written "
+                                 f"into libvirt.xml, for its next start",
+                            volume_id=volume.volume_id)
+            self._write_xml(g, add_volume_disk(xml, disk))
+            g.volumes.append({
+                "volume_id": volume.volume_id, "device": f"/dev/{target}",
+                "serial": volume.serial, "path": volume.path, "read_only": volume.read_only,
+                "qemu_device": disk.alias, "root_port": f"pci.{port}",
+                "node_names": list(volume_node_names(volume.serial))})
+            self._save(g)
+            self._trace(rid, f"libvirt.xml: <disk> {target} for volume {volume.volume_id} "
+                             f"on root port pci.{port}", path=volume.path, cache=disk.cache)
+
+    def _hotplug_options(self) -> dict[str, Any]:
+        if self.detach_timeout is None:
+            return {}
+        return {"detach_timeout": self.detach_timeout}
+
+    async def detach_volume(self, uuid: str, volume_id: str,
+                            request_id: str | None = None) -> None:
+        """Unplug the volume (device_del, DEVICE_DELETED, blockdev-del when the guest
+        runs) and drop it from libvirt.xml and guest.json. A volume the guest does not
+        have is no error (nova goes on with the detach). VolumeAttachFailed when the guest
+        does not release the disk in time: it stays attached, and the detach may be
+        tried again."""
+        from labkit.cloud.virt.hotplug import Hotplug
+        from labkit.cloud.virt.libvirt_xml import parse_domain, remove_volume_disk
+
+        g = self._guest(uuid)
+        async with self._lock(uuid):
+            record = next((v for v in g.volumes if v["volume_id"] == volume_id), None)
+            serial = record["serial"] if record is not None else volume_id
+            xml = g.paths.xml.read_text()
+            disk = next((d for d in parse_domain(xml).disks if d.serial == serial), None)
+            if disk is None and record is None:
+                self._trace(request_id, f"volume {volume_id} is not attached to {g.name}: "
+                                        "nothing to unplug", volume_id=volume_id)
+                return
+            if disk is not None:
+                if g.pid is not None and self._alive(g):
+                    await Hotplug(g.paths.qmp_socket,
+                                  lambda summary, detail: self._trace(request_id, summary,
+                                                                      **detail),
+                                  **self._hotplug_options()).unplug(disk)
+                self._write_xml(g, remove_volume_disk(xml, serial))
+            g.volumes = [v for v in g.volumes if v["volume_id"] != volume_id]
+            self._save(g)
+            self._trace(request_id, f"libvirt.xml: removed the <disk> of volume {volume_id}",
+                        volume_id=volume_id)
 
     def describe(self, uuid: str) -> dict[str, Any]:
         """What the hypervisor holds for this guest (for the inspection API)."""
@@ -660,6 +808,7 @@ class QemuDriver:
                 "console_path": str(g.paths.console_log), "folder": str(g.paths.folder),
                 "forwards": [dict(f) for f in g.forwards],
                 "image_cache": [dict(e) for e in g.image_cache],
+                "volumes": [dict(v) for v in g.volumes],
                 "power_state": self.power_state(uuid)}
 
     async def shutdown(self) -> None:

@@ -23,18 +23,23 @@ without libvirtd, and without root. What differs from libvirt on a compute host:
   one, and qemu runs in a session of its own so it outlives the cloud's process.
 
 qemu parses most option values as key=value lists split on commas: a comma inside a
-value is written ",," (`escape`).
+value is written ",," (`escape`). Volumes are written in qemu's JSON form instead, the
+same dictionaries hot-plug sends over QMP (volume_blockdevs, volume_device): their
+host paths (/dev/disk/by-path/ip-<portal>-iscsi-<iqn>-lun-<n>) hold ':' and may hold
+',' and no escaping can go wrong there.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from labkit.cloud.netinfo import subnet_dns, subnet_gateway
 from labkit.cloud.virt.libvirt_xml import (
+    DomainDisk,
     first_ipv4,
     metadata_address,
     parse_domain,
@@ -43,6 +48,7 @@ from labkit.cloud.virt.libvirt_xml import (
 QBOOT = Path("/usr/share/qemu/qboot.rom")
 NETDEV_ID = "hostnet0"  # libvirt's name for the first NIC's backend
 SMBIOS_FIELDS = ("manufacturer", "product", "version", "serial", "uuid", "family")
+VOLUME_NODE_PREFIX = "volume-"
 
 
 def escape(value: str) -> str:
@@ -105,6 +111,79 @@ class UserNet:
         return ",".join(parts)
 
 
+# -- volumes: the same arguments on the command line and over QMP
+
+def volume_node_names(volume_id: str) -> tuple[str, str]:
+    """qemu's block node names for a volume's file and raw format nodes: derived from the
+    volume id, so a detach after a restart of the cloud names the nodes the command line
+    made, and short enough for qemu (node names are at most 31 characters)."""
+    short = volume_id.replace("-", "")[:12]
+    return f"{VOLUME_NODE_PREFIX}{short}-storage", f"{VOLUME_NODE_PREFIX}{short}-format"
+
+
+def volume_blockdevs(disk: DomainDisk) -> list[dict[str, Any]]:
+    """blockdev-add arguments for a volume, bottom up: a file node on the host's device
+    path (a symlink to the target's file), then raw on top, as libvirt adds them."""
+    if disk.serial is None:
+        raise ValueError("a volume disk needs its serial (the volume id)")
+    storage, fmt = volume_node_names(disk.serial)
+    direct = disk.cache in ("none", "directsync")
+    cache = {"direct": direct, "no-flush": False}
+    file_node: dict[str, Any] = {"driver": "file", "filename": disk.path, "node-name": storage,
+                                 "auto-read-only": True, "discard": "unmap", "cache": cache}
+    if disk.io == "native" and direct:  # qemu refuses native AIO without O_DIRECT
+        file_node["aio"] = "native"
+    return [file_node, {"driver": disk.format, "node-name": fmt, "file": storage,
+                        "read-only": disk.read_only, "cache": cache}]
+
+
+def volume_device(disk: DomainDisk) -> dict[str, Any]:
+    """device_add arguments: virtio-blk-pci on the disk's root port, serial = volume id."""
+    if disk.serial is None or disk.pci_bus is None or disk.alias is None:
+        raise ValueError("a volume disk needs its serial, root port and alias")
+    device: dict[str, Any] = {"driver": "virtio-blk-pci", "bus": f"pci.{disk.pci_bus}",
+                              "addr": "0x0", "drive": volume_node_names(disk.serial)[1],
+                              "id": disk.alias, "serial": disk.serial}
+    if disk.cache == "writethrough":
+        device["write-cache"] = "off"
+    return device
+
+
+def volume_args(disks: list[DomainDisk]) -> list[str]:
+    """-blockdev and -device for each volume, in qemu's JSON form."""
+    args: list[str] = []
+    for disk in disks:
+        if disk.is_volume:
+            for node in volume_blockdevs(disk):
+                args += ["-blockdev", json.dumps(node)]
+            args += ["-device", json.dumps(volume_device(disk))]
+    return args
+
+
+def without_volume_args(cmd: list[str]) -> list[str]:
+    """`cmd` without what volume_args added (before adding the domain's current volumes)."""
+    out: list[str] = []
+    i = 0
+    while i < len(cmd):
+        if cmd[i] in ("-blockdev", "-device") and i + 1 < len(cmd) and _is_volume_arg(cmd[i + 1]):
+            i += 2
+            continue
+        out.append(cmd[i])
+        i += 1
+    return out
+
+
+def _is_volume_arg(value: str) -> bool:
+    if not value.startswith("{"):
+        return False
+    try:
+        spec = json.loads(value)
+    except ValueError:
+        return False
+    name = spec.get("node-name") or spec.get("drive") or ""
+    return isinstance(name, str) and name.startswith(VOLUME_NODE_PREFIX)
+
+
 def _lowest_free(net: ipaddress.IPv4Network | ipaddress.IPv6Network, taken: set[str]) -> str:
     for addr in net.hosts():
         if str(addr) not in taken:
@@ -148,12 +227,15 @@ def qemu_command(xml: str, *, user_net: UserNet | None, qmp_socket: Path | str,
                         "server=on,wait=off",
             "-mon", "chardev=charmonitor,id=monitor,mode=control",
             "-pidfile", str(pidfile)]
-    # empty pcie-root-ports, kept free for hot-plug; one multifunction slot as libvirt does
+    # pcie-root-ports for volumes (hot-plugged or not); eight functions per slot from
+    # slot 2 on, the first one multifunction, as libvirt packs them
     for i in range(1, dom.pcie_root_ports + 1):
-        addr = "addr=0x2,multifunction=on" if i == 1 else f"addr=0x2.{i - 1:#x}"
+        slot, function = 2 + (i - 1) // 8, (i - 1) % 8
+        addr = (f"addr={slot:#x},multifunction=on" if function == 0
+                else f"addr={slot:#x}.{function:#x}")
         cmd += ["-device", f"pcie-root-port,port={0x10 + i - 1:#x},chassis={i},id=pci.{i},"
                            f"bus=pcie.0,{addr}"]
-    for n, disk in enumerate(dom.disks, start=1):
+    for n, disk in enumerate((d for d in dom.disks if not d.is_volume), start=1):
         direct = "on" if disk.cache in ("none", "directsync") else "off"
         cmd += ["-blockdev", f"driver=file,filename={escape(disk.path)},"
                              f"node-name=libvirt-{n}-storage,auto-read-only=on,"
@@ -173,4 +255,5 @@ def qemu_command(xml: str, *, user_net: UserNet | None, qmp_socket: Path | str,
     cmd += ["-chardev", f"file,id=charserial0,path={escape(str(console_log))},append=on",
             "-device", "isa-serial,chardev=charserial0,id=serial0",
             "-device", "virtio-balloon-pci,id=balloon0"]
-    return cmd
+    # volumes last, so the driver can swap them when one is attached or detached
+    return cmd + volume_args(dom.disks)

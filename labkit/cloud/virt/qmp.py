@@ -1,9 +1,11 @@
 """A small QMP client: the JSON monitor libvirt drives qemu with.
 
-Synchronous and stdlib only: each call takes milliseconds, so the asyncio loop may make
-it directly. Timeouts are short because a monitor that does not answer at once means a
-qemu that is gone or stuck. Events read while waiting for an answer are kept in
-`events`, in order, for `wait_event`.
+Synchronous and stdlib only: blocking socket I/O, so async code runs each call in a
+thread (asyncio.to_thread). Timeouts are short because a monitor that does not answer
+at once means a qemu that is gone or stuck. qemu sends events only to the monitors
+connected when they happen, and in between the answers to commands: those read while
+waiting for an answer are kept in `events`, in order, for `wait_event`, so a caller
+that wants an event a command causes keeps one connection from the command to the wait.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ TIMEOUT = 2.0
 
 class QMPError(Exception):
     """qemu answered with an error, or the monitor could not be reached."""
+
+
+class QMPTimeout(QMPError):
+    """Nothing (or not the awaited event) came within the time allowed."""
 
 
 class QMP:
@@ -70,12 +76,12 @@ class QMP:
         while b"\n" not in self._buf:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise QMPError(f"no answer from {self.path} within {self.timeout} s")
+                raise QMPTimeout(f"no answer from {self.path} within {self.timeout} s")
             self._sock.settimeout(left)
             try:
                 chunk = self._sock.recv(65536)
             except TimeoutError as exc:
-                raise QMPError(f"no answer from {self.path} within {self.timeout} s") from exc
+                raise QMPTimeout(f"no answer from {self.path} within {self.timeout} s") from exc
             except OSError as exc:
                 raise QMPError(f"QMP connection lost: {exc}") from exc
             if not chunk:
@@ -109,17 +115,23 @@ class QMP:
 
     def wait_event(self, name: str, timeout: float | None = None,
                    **data: Any) -> dict[str, Any]:
-        """The first event called `name` whose data holds `data` (kept or still to come)."""
+        """The first event called `name` whose data holds `data` (kept or still to come);
+        QMPTimeout when none comes within `timeout` seconds. Other events stay kept."""
         def matches(ev: dict[str, Any]) -> bool:
             return ev.get("event") == name and all(
                 ev.get("data", {}).get(k) == v for k, v in data.items())
         self.connect()
-        deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
+        wait = timeout if timeout is not None else self.timeout
+        deadline = time.monotonic() + wait
         while True:
             for i, ev in enumerate(self.events):
                 if matches(ev):
                     return self.events.pop(i)
-            reply = self._read(deadline)
+            try:
+                reply = self._read(deadline)
+            except QMPTimeout as exc:
+                raise QMPTimeout(f"no {name} event {data or ''} from {self.path} "
+                                 f"within {wait} s") from exc
             if "event" in reply:
                 self.events.append(reply)
 

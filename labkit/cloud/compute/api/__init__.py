@@ -26,13 +26,14 @@ from labkit.cloud.compute.api import (
     server_groups,
     servers,
     versions,
+    volume_attachments,
 )
 from labkit.cloud.compute.api.errors import exception_handlers
 from labkit.cloud.compute.api.microversion import VersionHeaderMiddleware
 
 # The API's parts; the lead appends servers, os-services, os-hypervisors, ...
 MODULES: list[ModuleType] = [flavors, keypairs, server_groups, servers, instance_actions,
-                             hosts, limits, server_external_events]
+                             hosts, limits, server_external_events, volume_attachments]
 
 
 def build_compute_app(nova: Any) -> Starlette:

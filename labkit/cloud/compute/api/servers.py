@@ -3,7 +3,8 @@ and os-getConsoleOutput.
 
 The body a server shows depends on the microversion (2.3 extended attributes,
 2.9 locked, 2.16 host_status, 2.19 description, 2.26 tags, 2.47 the flavor
-embedded, 2.63 trusted certificates, 2.71 server groups, 2.73 locked_reason).
+embedded, 2.63 trusted certificates, 2.71 server groups, 2.73 locked_reason). The
+volumes attached come from nova's block device mappings.
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ class ServerView:
             "OS-EXT-STS:task_state": instance.task_state,
             "OS-EXT-STS:vm_state": instance.vm_state,
             "OS-EXT-STS:power_state": instance.power_state,
-            "os-extended-volumes:volumes_attached": [],
+            "os-extended-volumes:volumes_attached": self._volumes(instance),
             "security_groups": [{"name": n} for n in instance.security_groups],
         }
         if status in PROGRESS_SHOWN:
@@ -206,6 +207,19 @@ class ServerView:
         if status in ("ERROR", "DELETED"):
             self._fault(server, instance)
         return server
+
+    def _volumes(self, instance: Instance) -> list[dict[str, Any]]:
+        """The instance's volumes, from its block device mappings (delete_on_termination
+        from 2.3), as nova's extended volumes do."""
+        shown = []
+        for bdm in self.nova.block_devices.for_instance(instance.uuid):
+            if not bdm.volume_id:
+                continue
+            volume: dict[str, Any] = {"id": bdm.volume_id}
+            if self.v.at_least("2.3"):
+                volume["delete_on_termination"] = bdm.delete_on_termination
+            shown.append(volume)
+        return shown
 
     def _addresses(self, instance: Instance) -> dict[str, list[dict[str, Any]]]:
         """From nova's network info cache, never from neutron (as nova's view does)."""

@@ -1,0 +1,119 @@
+"""Cinder's microversions: `OpenStack-API-Version: volume 3.x` in, the same header out.
+
+No header is 3.0. A malformed version is 400, one outside 3.0..MAX is 406, both in
+cinder's fault body. Every response of the v3 API, errors included, echoes the version
+with `Vary: OpenStack-API-Version`, as cinder's wsgi.Resource and Fault do.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from labkit.cloud.errors import BadRequest, NotAcceptable, ServiceError
+from labkit.cloud.volume.errors import WEBOB_400, fault_response
+
+HEADER = "OpenStack-API-Version"
+LOG = logging.getLogger(__name__)
+_FORMAT = re.compile(r"^([1-9]\d*)\.([1-9]\d*|0)$")
+
+
+@dataclass(frozen=True, order=True)
+class Version:
+    major: int
+    minor: int
+
+    @classmethod
+    def parse(cls, text: str) -> Version:
+        match = _FORMAT.match(text.strip())
+        if not match:
+            raise BadRequest(f"API Version String {text} is of invalid format. Must be of "
+                             "format MajorNum.MinorNum.")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+    def at_least(self, other: str) -> bool:
+        return self >= Version.parse(other)
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}"
+
+
+MIN = Version(3, 0)
+# every change up to 3.71 is honoured for the resources this cinder serves
+MAX = Version(3, 71)
+UPDATED = "2023-08-31T00:00:00Z"
+
+
+def requested(header: str | None) -> Version:
+    """The version a request asks for (BadRequest or NotAcceptable when it cannot have it)."""
+    if header is None:
+        return MIN
+    asked = None
+    for part in header.split(","):
+        words = part.split()
+        if words and words[0] == "volume":
+            if len(words) != 2:
+                raise BadRequest(WEBOB_400)
+            asked = words[1]
+            break
+    if asked is None:
+        # cinder raises VersionNotFoundForAPIMethod, which its fault wrapper answers with
+        # webob's bare 400
+        raise BadRequest(WEBOB_400)
+    if asked == "latest":
+        return MAX
+    wanted = Version.parse(asked)
+    if not MIN <= wanted <= MAX:
+        raise NotAcceptable(f"Version {wanted} is not supported by the API. Minimum is "
+                            f"{MIN} and maximum is {MAX}.")
+    return wanted
+
+
+def version(request: Request) -> Version:
+    return request.scope.get("state", {}).get("volume_version", MIN)
+
+
+class VersionMiddleware:
+    """Negotiate the version before any handler runs, and echo it on every answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = None
+        for key, value in scope.get("headers", []):
+            if key.decode("latin-1").lower() == HEADER.lower():
+                header = value.decode("latin-1")
+        try:
+            found = requested(header)
+        except ServiceError as refused:
+            await fault_response(refused)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["volume_version"] = found
+        started = False
+
+        async def echo(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", []),
+                                      (HEADER.lower().encode(), f"volume {found}".encode()),
+                                      (b"vary", HEADER.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, echo)
+        except Exception as exc:
+            LOG.exception("unexpected error in the volume API")
+            if started:
+                raise
+            fault = ServiceError("The server has either erred or is incapable of performing "
+                                 f"the requested operation. ({type(exc).__name__})")
+            await fault_response(fault)(scope, receive, echo)
