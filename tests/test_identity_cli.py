@@ -42,7 +42,8 @@ def test_token_issue_as_demo(openstack_cli: Run) -> None:
 def test_catalog_list_shows_every_service(openstack_cli: Run, cloud: CloudInfo) -> None:
     rows = as_json(openstack_cli("catalog", "list", "-f", "json"))
     by_type = {row["Type"]: row for row in rows}
-    assert set(by_type) == {"identity", "compute", "network", "image", "placement"}
+    assert set(by_type) == {"identity", "compute", "network", "image", "placement",
+                            "block-storage", "volumev3"}
     endpoints = by_type["identity"]["Endpoints"]
     text = json.dumps(endpoints)
     for interface in ("public", "internal", "admin"):
