@@ -352,6 +352,16 @@ class Inspector:
                           "virsh list --all; virsh dumpxml instance-<id as 8 hex digits>")
         return self._get(f"/guests/{server_id}")
 
+    def volume_targets(self) -> Code | Hidden:
+        """The volume node's iSCSI targets, as `tgtadm --lld iscsi --mode target --op show`
+        prints them: one per volume exported to a compute host, with its ACL and account."""
+        if not self.available:
+            return Hidden("the storage node's iSCSI targets", "The API shows a volume's "
+                          "status and attachments, and admins its connection info. "
+                          + self.reason, "tgtadm --lld iscsi --mode target --op show  "
+                          "# on the cinder-volume host (targetcli ls with LIO)")
+        return Code(self._get("/volume/targets")["text"])
+
     def domain_xml(self, server_id: str) -> Code | Hidden:
         """The libvirt domain XML nova's libvirt driver would write for this server."""
         if not self.available:
