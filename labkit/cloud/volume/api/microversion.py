@@ -8,38 +8,18 @@ with `Vary: OpenStack-API-Version`, as cinder's wsgi.Resource and Fault do.
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from labkit.cloud.errors import BadRequest, NotAcceptable, ServiceError
+from labkit.cloud.microversion import APIVersion
 from labkit.cloud.volume.errors import WEBOB_400, fault_response
 
 HEADER = "OpenStack-API-Version"
 LOG = logging.getLogger(__name__)
-_FORMAT = re.compile(r"^([1-9]\d*)\.([1-9]\d*|0)$")
-
-
-@dataclass(frozen=True, order=True)
-class Version:
-    major: int
-    minor: int
-
-    @classmethod
-    def parse(cls, text: str) -> Version:
-        match = _FORMAT.match(text.strip())
-        if not match:
-            raise BadRequest(f"API Version String {text} is of invalid format. Must be of "
-                             "format MajorNum.MinorNum.")
-        return cls(int(match.group(1)), int(match.group(2)))
-
-    def at_least(self, other: str) -> bool:
-        return self >= Version.parse(other)
-
-    def __str__(self) -> str:
-        return f"{self.major}.{self.minor}"
+# cinder's microversions compare as nova's do
+Version = APIVersion
 
 
 MIN = Version(3, 0)
