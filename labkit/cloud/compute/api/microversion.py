@@ -8,20 +8,17 @@ switched on by `version(request).at_least("2.NN")` in the handlers.
 
 from __future__ import annotations
 
-import logging
-
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.responses import Response
 
 from labkit.cloud.compute.api.errors import error_response
 from labkit.cloud.errors import NotAcceptable, ServiceError
-from labkit.cloud.microversion import APIVersion
+from labkit.cloud.microversion import APIVersion, VersionMiddleware
 
 MIN_VERSION = (2, 1)
 MAX_VERSION = (2, 79)
 HEADER = "OpenStack-API-Version"
 LEGACY_HEADER = "X-OpenStack-Nova-API-Version"
-LOG = logging.getLogger(__name__)
 
 
 MIN = APIVersion(*MIN_VERSION)
@@ -78,46 +75,24 @@ def version_headers(found: APIVersion) -> list[tuple[bytes, bytes]]:
             (b"vary", f"{HEADER}, {LEGACY_HEADER}".encode())]
 
 
-class VersionHeaderMiddleware:
-    """Echo the negotiated microversion on every response of the compute app, errors included.
+class VersionHeaderMiddleware(VersionMiddleware):
+    """Nova's version negotiation and echo (labkit.cloud.microversion.VersionMiddleware):
+    400 or 406 before any handler runs, the version headers on every response, and an
+    unexpected exception as nova's 500 computeFault."""
 
-    It also refuses a malformed (400) or unsupported (406) version before any handler
-    runs, as nova does; those refusals carry no version headers, there being no version
-    to echo. An unexpected exception becomes nova's 500 computeFault here, inside the
-    echo, rather than in Starlette's outermost error middleware.
-    """
+    state_key = "compute_version"
+    service = "compute"
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def negotiate(self, headers: dict[str, str]) -> APIVersion:
+        return parse_requested(_asked(headers))
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                   for k, v in scope.get("headers", [])}
-        try:
-            found = parse_requested(_asked(headers))
-        except ServiceError as refused:
-            await error_response(refused)(scope, receive, send)
-            return
-        scope.setdefault("state", {})["compute_version"] = found
-        started = False
+    def echo(self, found: APIVersion) -> list[tuple[bytes, bytes]]:
+        return version_headers(found)
 
-        async def send_with_version(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                message["headers"] = [*message.get("headers", []), *version_headers(found)]
-            await send(message)
+    def refusal(self, error: ServiceError) -> Response:
+        return error_response(error)
 
-        try:
-            await self.app(scope, receive, send_with_version)
-        except Exception as exc:
-            LOG.exception("unexpected error in the compute API")
-            if started:
-                raise
-            # nova's own 500 wording, pointing at this cloud's log instead of launchpad
-            fault = ServiceError("Unexpected API Error. Please report this with the embedded "
-                                 f"cloud's log if possible.\n{type(exc)}")
-            await error_response(fault)(scope, receive, send_with_version)
+    def unexpected(self, exc: Exception) -> ServiceError:
+        # nova's own 500 wording, pointing at this cloud's log instead of launchpad
+        return ServiceError("Unexpected API Error. Please report this with the embedded "
+                            f"cloud's log if possible.\n{type(exc)}")

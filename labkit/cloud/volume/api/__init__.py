@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from labkit.cloud.errors import MethodNotAllowed, NotFound, ServiceError
 from labkit.cloud.volume.api import attachments, quotas, snapshots, types, versions, volumes
-from labkit.cloud.volume.api.microversion import VersionMiddleware
+from labkit.cloud.volume.api.microversion import CinderVersionMiddleware
 from labkit.cloud.volume.errors import fault_response
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def build_volume_app(svc: VolumeService) -> ASGIApp:
     ]
     for module in (volumes, attachments, snapshots, types, quotas):
         routes.extend(module.routes())
-    app = Starlette(routes=routes, middleware=[Middleware(VersionMiddleware)],
+    app = Starlette(routes=routes, middleware=[Middleware(CinderVersionMiddleware)],
                     exception_handlers={ServiceError: _service_error,  # type: ignore[dict-item]
                                         HTTPException: _http_error})
     app.state.cinder = svc

@@ -7,17 +7,14 @@ with `Vary: OpenStack-API-Version`, as cinder's wsgi.Resource and Fault do.
 
 from __future__ import annotations
 
-import logging
-
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.responses import Response
 
 from labkit.cloud.errors import BadRequest, NotAcceptable, ServiceError
-from labkit.cloud.microversion import APIVersion
+from labkit.cloud.microversion import APIVersion, VersionMiddleware
 from labkit.cloud.volume.errors import WEBOB_400, fault_response
 
 HEADER = "OpenStack-API-Version"
-LOG = logging.getLogger(__name__)
 # cinder's microversions compare as nova's do
 Version = APIVersion
 
@@ -57,43 +54,23 @@ def version(request: Request) -> Version:
     return request.scope.get("state", {}).get("volume_version", MIN)
 
 
-class VersionMiddleware:
-    """Negotiate the version before any handler runs, and echo it on every answer."""
+class CinderVersionMiddleware(VersionMiddleware):
+    """Cinder's version negotiation and echo (labkit.cloud.microversion.VersionMiddleware),
+    with cinder's fault body and its 500 wording."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    state_key = "volume_version"
+    service = "volume"
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        header = None
-        for key, value in scope.get("headers", []):
-            if key.decode("latin-1").lower() == HEADER.lower():
-                header = value.decode("latin-1")
-        try:
-            found = requested(header)
-        except ServiceError as refused:
-            await fault_response(refused)(scope, receive, send)
-            return
-        scope.setdefault("state", {})["volume_version"] = found
-        started = False
+    def negotiate(self, headers: dict[str, str]) -> Version:
+        return requested(headers.get(HEADER.lower()))
 
-        async def echo(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                message["headers"] = [*message.get("headers", []),
-                                      (HEADER.lower().encode(), f"volume {found}".encode()),
-                                      (b"vary", HEADER.encode())]
-            await send(message)
+    def echo(self, found: Version) -> list[tuple[bytes, bytes]]:
+        return [(HEADER.lower().encode(), f"volume {found}".encode()),
+                (b"vary", HEADER.encode())]
 
-        try:
-            await self.app(scope, receive, echo)
-        except Exception as exc:
-            LOG.exception("unexpected error in the volume API")
-            if started:
-                raise
-            fault = ServiceError("The server has either erred or is incapable of performing "
-                                 f"the requested operation. ({type(exc).__name__})")
-            await fault_response(fault)(scope, receive, echo)
+    def refusal(self, error: ServiceError) -> Response:
+        return fault_response(error)
+
+    def unexpected(self, exc: Exception) -> ServiceError:
+        return ServiceError("The server has either erred or is incapable of performing "
+                            f"the requested operation. ({type(exc).__name__})")
