@@ -18,6 +18,7 @@ The tests run in file order and share one server, which the last two restart and
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -101,6 +102,19 @@ def poll(fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: float) 
         time.sleep(POLL)
         value = fetch()
     return value
+
+
+@contextlib.contextmanager
+def qemu_cloud(home: Path) -> Iterator[CloudInfo]:
+    """A cloud on the qemu driver at `home`; once it is down, none of its guests may be left."""
+    require_qemu()
+    info = start_cloud(home, virt="qemu")
+    try:
+        yield info
+    finally:
+        stop_cloud(home)
+        left = qemu_pids(home)
+        assert not left, f"qemu processes of {home} outlived `down`: {left}"
 
 
 def qemu_pids(home: Path, *needles: str) -> list[int]:
@@ -227,15 +241,8 @@ def event_actions(run: Run, server_id: str, cloud_name: str) -> list[str]:
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudInfo]:
     """This module's own cloud on the qemu driver (overrides conftest's model-driver one)."""
-    require_qemu()
-    home = tmp_path_factory.mktemp("labkit-qemu-home")
-    info = start_cloud(home, virt="qemu")
-    try:
+    with qemu_cloud(tmp_path_factory.mktemp("labkit-qemu-home")) as info:
         yield info
-    finally:
-        stop_cloud(home)
-        left = qemu_pids(home)
-        assert not left, f"qemu processes of {home} outlived `down`: {left}"
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 from openstack.connection import Connection
-from test_real_guests import qemu_pids, require_qemu
+from test_real_guests import qemu_cloud, qemu_pids
 
 import labkit
-from conftest import connection, start_cloud, stop_cloud
+from conftest import connection
 from labkit.cloud.process import CloudInfo
 
 KEY_NAME = "volume-guests-key"
@@ -51,19 +51,13 @@ def poll(fetch: Callable[[], Any], done: Callable[[Any], bool],
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudInfo]:
     """This module's own cloud on the qemu driver; labkit.ssh finds it through LABKIT_HOME
     and the key pair's private key in LABKIT_KEYS."""
-    require_qemu()
     home = tmp_path_factory.mktemp("labkit-volume-home")
     keys = tmp_path_factory.mktemp("volume-keys")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LABKIT_HOME", str(home))
         mp.setenv("LABKIT_KEYS", str(keys))
-        info = start_cloud(home, virt="qemu")
-        try:
+        with qemu_cloud(home) as info:
             yield info
-        finally:
-            stop_cloud(home)
-            left = qemu_pids(home)
-            assert not left, f"qemu processes of {home} outlived `down`: {left}"
 
 
 @pytest.fixture(scope="module")
