@@ -1,4 +1,5 @@
-"""The `labkit` command: `labkit cloud up|down|status|reset|env`, `labkit image build`."""
+"""The `labkit` command: `labkit cloud up|down|status|reset|env`, `labkit image build`,
+`labkit fault kinds|list|inject|clear`."""
 
 from __future__ import annotations
 
@@ -89,6 +90,87 @@ def _image_build(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- `labkit fault ...`: the troubleshooting lab's faults, through the inspection API
+
+def _fault_api(method: str, path: str = "", body: dict | None = None) -> tuple[int, dict]:  # type: ignore[type-arg]
+    """One request to the running cloud's /labkit/v1/faults as labkit-admin."""
+    from openstack.config import OpenStackConfig
+    from openstack.connection import Connection
+
+    info = process.running(cloud_home())
+    if info is None:
+        raise process.CloudError("labkit cloud is not running: start it with `labkit cloud up`")
+    config = OpenStackConfig(config_files=[str(info.clouds_yaml)], vendor_files=[],
+                             load_envvars=False)
+    conn = Connection(config=config.get_one(cloud="labkit-admin"))
+    try:
+        r = conn.session.request(f"{info.url}/labkit/v1/faults{path}", method, json=body,
+                                 raise_exc=False)
+        return r.status_code, (r.json() if r.content else {})
+    finally:
+        conn.close()
+
+
+def _fault_error(status: int, data: dict) -> int:  # type: ignore[type-arg]
+    message = (data.get("error") or {}).get("message") if isinstance(data, dict) else None
+    print(f"labkit fault: {message or status}", file=sys.stderr)
+    return 1
+
+
+def _fault_line(fault: dict) -> str:  # type: ignore[type-arg]
+    params = " ".join(f"{k}={v}" for k, v in fault["params"].items() if k != "project_name")
+    return f"{fault['id']}  {fault['kind']}  {params}".rstrip()
+
+
+def _fault_kinds(args: argparse.Namespace) -> int:
+    status, data = _fault_api("GET")
+    if status != 200:
+        return _fault_error(status, data)
+    for kind in data["kinds"]:
+        params = " ".join(p["name"] + "=" if p["required"] else f"[{p['name']}=]"
+                          for p in kind["params"])
+        print(f"{kind['kind']} {params}".rstrip())
+        print(f"    {kind['description']}")
+        print(f"    symptom: {kind['symptom']}")
+    return 0
+
+
+def _fault_list(args: argparse.Namespace) -> int:
+    status, data = _fault_api("GET")
+    if status != 200:
+        return _fault_error(status, data)
+    if args.json:
+        print(json.dumps(data["faults"], indent=2))
+    elif not data["faults"]:
+        print("no faults injected")
+    for fault in [] if args.json else data["faults"]:
+        print(_fault_line(fault))
+    return 0
+
+
+def _fault_inject(args: argparse.Namespace) -> int:
+    params: dict[str, str] = {}
+    for item in args.params:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(f"labkit fault inject: expected key=value, not {item!r}", file=sys.stderr)
+            return 2
+        params[key] = value
+    status, data = _fault_api("POST", body={"kind": args.kind, **params})
+    if status != 201:
+        return _fault_error(status, data)
+    print(f"injected {_fault_line(data['fault'])}")
+    return 0
+
+
+def _fault_clear(args: argparse.Namespace) -> int:
+    status, data = _fault_api("DELETE", f"/{args.id}" if args.id else "")
+    if status != 204:
+        return _fault_error(status, data)
+    print(f"cleared {args.id}" if args.id else "cleared every fault")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="labkit", description="The life of a VM, explorable.")
     sub = p.add_subparsers(dest="group", required=True)
@@ -114,6 +196,20 @@ def parser() -> argparse.ArgumentParser:
         "build", help="build labkit-tiny from Debian packages (instant when cached)")
     build.add_argument("--force", action="store_true", help="rebuild even when cached")
     build.set_defaults(func=_image_build)
+    fault = sub.add_parser("fault", help="break the embedded cloud on purpose, and mend it")
+    fault_cmds = fault.add_subparsers(dest="command", required=True)
+    fault_cmds.add_parser("kinds", help="what can be broken, and the symptom of each"
+                          ).set_defaults(func=_fault_kinds)
+    listing = fault_cmds.add_parser("list", help="the faults injected now")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=_fault_list)
+    inject = fault_cmds.add_parser("inject", help="inject a fault: KIND key=value ...")
+    inject.add_argument("kind")
+    inject.add_argument("params", nargs="*", metavar="key=value")
+    inject.set_defaults(func=_fault_inject)
+    clear = fault_cmds.add_parser("clear", help="clear one fault by id, or all of them")
+    clear.add_argument("id", nargs="?")
+    clear.set_defaults(func=_fault_clear)
     return p
 
 

@@ -383,6 +383,67 @@ class Inspector:
                     "no process)")
 
 
+    # -- the troubleshooting lab's faults
+
+    def _faults_hidden(self, what: str) -> Hidden:
+        return Hidden(what, "Faults are injected into labkit's embedded cloud only; on a real "
+                      "cloud an operator breaks things by hand. " + self.reason,
+                      "systemctl stop nova-compute  # or a typo in a service's password")
+
+    def fault_kinds(self) -> list[dict[str, Any]] | Hidden:
+        """Each kind of fault: its parameters, what it breaks and the symptom a user sees."""
+        if not self.available:
+            return self._faults_hidden("the kinds of faults labkit can inject")
+        return self._get("/faults")["kinds"]
+
+    def faults(self) -> list[dict[str, Any]] | Hidden:
+        """The faults active now."""
+        if not self.available:
+            return self._faults_hidden("the faults injected into this cloud")
+        return self._get("/faults")["faults"]
+
+    def _faults_url(self, suffix: str = "") -> str:
+        return self._base + "/labkit/v1/faults" + suffix
+
+    def inject_fault(self, kind: str, **params: Any) -> dict[str, Any] | Hidden:
+        """Break one thing (`inject_fault("compute-down", host="compute-1")`); the fault,
+        with the id `clear_fault` takes."""
+        if not self.available:
+            return self._faults_hidden("fault injection")
+        assert self._admin is not None
+        r = self._admin.session.post(self._faults_url(), json={"kind": kind, **params},
+                                     raise_exc=False)
+        if r.status_code != 201:
+            raise ValueError(_message(r))
+        return r.json()["fault"]
+
+    def clear_fault(self, fault_id: str) -> None | Hidden:
+        """Undo one fault."""
+        if not self.available:
+            return self._faults_hidden("fault injection")
+        assert self._admin is not None
+        r = self._admin.session.delete(self._faults_url(f"/{fault_id}"), raise_exc=False)
+        if r.status_code != 204:
+            raise ValueError(_message(r))
+        return None
+
+    def clear_faults(self) -> None | Hidden:
+        """Undo every fault."""
+        if not self.available:
+            return self._faults_hidden("fault injection")
+        assert self._admin is not None
+        self._admin.session.delete(self._faults_url())
+        return None
+
+
+def _message(response: Any) -> str:
+    """The message of an inspection API error (keystone's {"error": {...}} format)."""
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"{response.status_code} {response.text}"
+
+
 def inspector(conn: Connection) -> Inspector:
     """The inspector for the cloud behind `conn`."""
     return Inspector(conn)

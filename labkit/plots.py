@@ -1,4 +1,5 @@
-"""matplotlib plots of what the trace recorded: an instance's states over time."""
+"""matplotlib plots: an instance's states over time (from the trace), where placement's
+allocations sit, and how full each compute host is."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ STATE_COLOURS = {
     "deleted": "#e5e7eb", "scheduling": "#93c5fd", "networking": "#a5b4fc",
     "block_device_mapping": "#c4b5fd", "spawning": "#f0abfc", "deleting": "#fdba74",
     "powering-off": "#fdba74", "powering-on": "#bef264", "rebooting": "#fde047",
-    "rebooting_hard": "#facc15",
+    "rebooting_hard": "#facc15", "resize_prep": "#fbcfe8", "resize_migrating": "#f9a8d4",
+    "resize_migrated": "#f472b6", "resize_finish": "#e879f9", "resized": "#fcd34d",
+    "resize_reverting": "#fdba74",
 }
 ROWS = ("vm_state", "task_state")
 
@@ -95,4 +98,69 @@ def state_timeline(events: Iterable[Mapping[str, Any]], title: str | None = None
     axes.spines[["top", "right"]].set_visible(False)
     if title:
         axes.set_title(title, fontsize=10, loc="left")
+    return figure
+
+
+# the consumers of an allocation, coloured by what holds it
+HOLDER_COLOURS = {"instance": "#60a5fa", "migration": "#f59e0b", "other": "#cbd5e1"}
+
+
+def allocation_bars(snapshots: Mapping[str, Mapping[str, Mapping[str, int]]],
+                    resource: str = "MEMORY_MB", title: str | None = None) -> Figure:
+    """One group of bars per moment (e.g. before, during VERIFY_RESIZE, after), one bar per
+    host, stacked by holder: `snapshots[moment][host][holder] = amount` of `resource`."""
+    _show_figures_inline()
+    moments = list(snapshots)
+    hosts = sorted({h for by_host in snapshots.values() for h in by_host})
+    figure = Figure(figsize=(9, 2.8), layout="constrained")
+    axes = figure.subplots()
+    width = 0.8 / max(len(hosts), 1)
+    holders_seen: dict[str, str] = {}
+    for m, moment in enumerate(moments):
+        for h, host in enumerate(hosts):
+            x = m + (h - (len(hosts) - 1) / 2) * width
+            bottom = 0
+            for holder, amount in sorted(snapshots[moment].get(host, {}).items()):
+                colour = HOLDER_COLOURS.get(holder, HOLDER_COLOURS["other"])
+                holders_seen[holder] = colour
+                axes.bar(x, amount, width * 0.9, bottom=bottom, color=colour,
+                         edgecolor="#475569", linewidth=0.6)
+                bottom += amount
+            axes.text(x, bottom, f"{host}\n{bottom}", ha="center", va="bottom", fontsize=7)
+    axes.set_xticks(range(len(moments)), moments)
+    axes.set_ylabel(resource)
+    axes.margins(y=0.25)
+    axes.spines[["top", "right"]].set_visible(False)
+    if holders_seen:
+        axes.legend(handles=[Patch(facecolor=c, edgecolor="#475569", label=f"held by the {h}")
+                             for h, c in holders_seen.items()],
+                    loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    if title:
+        axes.set_title(title, fontsize=10, loc="left")
+    return figure
+
+
+def capacity_bars(hosts: Mapping[str, Mapping[str, tuple[float, float]]],
+                  title: str | None = None) -> Figure:
+    """How full each host is: `hosts[host][resource] = (used, capacity)`, one panel per
+    resource, the used part of each host's bar filled."""
+    _show_figures_inline()
+    resources = sorted({r for by_resource in hosts.values() for r in by_resource})
+    figure = Figure(figsize=(9, 0.6 + 0.45 * len(hosts) * len(resources)), layout="constrained")
+    panels = figure.subplots(len(resources), 1, squeeze=False)[:, 0]
+    names = sorted(hosts)
+    for axes, resource in zip(panels, resources, strict=True):
+        for row, host in enumerate(names):
+            used, capacity = hosts[host].get(resource, (0, 0))
+            axes.barh(row, capacity, color="#e5e7eb", edgecolor="#475569", linewidth=0.6)
+            axes.barh(row, used, color="#60a5fa", edgecolor="#475569", linewidth=0.6)
+            share = f" ({used / capacity:.0%})" if capacity else ""
+            axes.text(capacity, row, f" {used:g} of {capacity:g}{share}", va="center",
+                      fontsize=8)
+        axes.set_yticks(range(len(names)), names)
+        axes.set_title(resource, fontsize=9, loc="left")
+        axes.margins(x=0.3)
+        axes.spines[["top", "right"]].set_visible(False)
+    if title:
+        figure.suptitle(title, fontsize=10, x=0.0, ha="left")
     return figure

@@ -663,3 +663,70 @@ def test_cli_server_group_create(openstack_cli: Run) -> None:
     assert "anti-affinity" in str(created.get("policy", created.get("policies")))
     listed = cli_json(openstack_cli("server", "group", "list", "-f", "json"))
     assert "g1" in {g["Name"] for g in listed}
+
+
+# -- the tutorial's flavor section, as written for today's CLI ----------------------------
+
+TUTORIAL_FLAVOR = ("flavor", "create", "--ram", "256", "--disk", "1", "--vcpus", "1",
+                   "--ephemeral", "1", "--swap", "128", "--rxtx-factor", "2.0", "--private")
+
+
+@pytest.mark.cli
+def test_cli_tutorial_flavor_id_taken_is_409(openstack_cli: Run) -> None:
+    # the lab's m1.nano has id 42, as DevStack's does: nova refuses a second one
+    taken = openstack_cli(*TUTORIAL_FLAVOR, "--id", "42", "m1.taken", cloud_name="labkit-admin")
+    assert taken.returncode != 0
+    assert "409" in taken.stderr and "Flavor with ID 42 already exists." in taken.stderr
+
+
+@pytest.mark.cli
+def test_cli_tutorial_private_flavor_life(openstack_cli: Run) -> None:
+    admin = "labkit-admin"
+    created = cli_json(openstack_cli(*TUTORIAL_FLAVOR, "--id", "100", "m1.tutorial",
+                                     "-f", "json", cloud_name=admin))
+    assert (created["id"], created["ram"], created["disk"], created["vcpus"]) == (
+        "100", 256, 1, 1)
+    assert (created["OS-FLV-EXT-DATA:ephemeral"], created["swap"]) == (1, 128)
+    assert created["rxtx_factor"] == 2.0 and created["os-flavor-access:is_public"] is False
+    shown = cli_json(openstack_cli("flavor", "show", "m1.tutorial", "-f", "json",
+                                   cloud_name=admin))
+    assert shown["id"] == "100" and shown["access_project_ids"] == []
+    # private: only --all lists it, even to the admin
+    assert "m1.tutorial" not in {f["Name"] for f in cli_json(
+        openstack_cli("flavor", "list", "-f", "json", cloud_name=admin))}
+    everything = cli_json(openstack_cli("flavor", "list", "--all", "--long", "-f", "json",
+                                        cloud_name=admin))
+    row = next(f for f in everything if f["Name"] == "m1.tutorial")
+    assert (row["Is Public"], row["Ephemeral"], row["Swap"], row["RXTX Factor"]) == (
+        False, 1, 128, 2.0)
+
+    # the member sees it only once its project has access
+    hidden = openstack_cli("flavor", "show", "m1.tutorial")
+    assert hidden.returncode != 0 and "No Flavor found for m1.tutorial" in hidden.stderr
+    assert "m1.tutorial" not in {f["Name"] for f in cli_json(
+        openstack_cli("flavor", "list", "--all", "-f", "json"))}
+    set_access = openstack_cli("flavor", "set", "--project", "demo", "m1.tutorial",
+                               cloud_name=admin)
+    assert set_access.returncode == 0, set_access.stderr
+    demo_id = cli_json(openstack_cli("project", "show", "demo", "-f", "json",
+                                     cloud_name=admin))["id"]
+    seen = openstack_cli("flavor", "show", "m1.tutorial", "-f", "json")
+    # nova of the 2.79 era lets a member read the access list (no warning from the CLI)
+    assert seen.returncode == 0 and "Failed" not in seen.stderr, seen.stderr
+    assert cli_json(seen)["access_project_ids"] == [demo_id]
+    assert "m1.tutorial" in {f["Name"] for f in cli_json(
+        openstack_cli("flavor", "list", "-f", "json"))}
+
+    # managing flavors stays the admin's
+    refused = openstack_cli("flavor", "create", "--ram", "64", "--disk", "1", "--vcpus", "1",
+                            "m1.mine")
+    assert refused.returncode != 0 and "403" in refused.stderr
+    assert ("Policy doesn't allow os_compute_api:os-flavor-manage:create to be performed."
+            in refused.stderr)
+    not_deleted = openstack_cli("flavor", "delete", "m1.tutorial")
+    assert not_deleted.returncode != 0
+    assert "os_compute_api:os-flavor-manage:delete" in not_deleted.stderr
+    removed = openstack_cli("flavor", "delete", "m1.tutorial", cloud_name=admin)
+    assert removed.returncode == 0, removed.stderr
+    gone = openstack_cli("flavor", "show", "m1.tutorial", cloud_name=admin)
+    assert gone.returncode != 0 and "No Flavor found for m1.tutorial" in gone.stderr

@@ -17,8 +17,10 @@ from labkit.cloud.bus import MessageBus
 from labkit.cloud.compute import ComputeService
 from labkit.cloud.compute.api.metadata import build_metadata_app, load_or_create_secret
 from labkit.cloud.db import Database
+from labkit.cloud.faults import Faults
 from labkit.cloud.identity.backend import IdentityBackend
 from labkit.cloud.identity.bootstrap import bootstrap
+from labkit.cloud.identity.exceptions import TokenNotFound
 from labkit.cloud.identity.handlers import anonymous_paths, build_identity_app, versions
 from labkit.cloud.identity.models import IdentityBase
 from labkit.cloud.identity.tokens import FernetTokens
@@ -52,10 +54,14 @@ class Cloud:
                   VolumeService.path, ComputeService.path)
         bootstrap(self.identity, settings.lab, base_url, served)
         self.bus = MessageBus(self.trace)
+        # the troubleshooting lab's faults: made first, as the services' hooks ask it
+        self.faults = Faults(self)
         # order matters: nova talks to glance, placement, neutron and cinder
         self.image = ImageService(self)
         self.placement = PlacementService(self)
         self.network = NetworkService(self)
+        # neutron's model reaches the faults (a host where ports cannot bind) through its env
+        self.network.neutron.env.cloud = self  # type: ignore[attr-defined]
         self.volume = VolumeService(self)
         self.compute = ComputeService(self)
         # what nova-api-metadata and the metadata proxies share (neutron's
@@ -78,6 +84,8 @@ class Cloud:
     async def start(self) -> None:
         for service in self.mounted.values():
             await service.start()
+        # a stopped compute or a dead agent does not survive a restart: break them again
+        await self.faults.reapply()
 
     async def stop(self) -> None:
         for service in reversed(self.mounted.values()):
@@ -85,8 +93,19 @@ class Cloud:
 
     def protected(self, app: Starlette, service: str, anonymous) -> TokenMiddleware:  # type: ignore[no-untyped-def]
         """A service's app behind the one token middleware every service mounts."""
-        return TokenMiddleware(app, service=service, validate=self.identity.validate,
+        return TokenMiddleware(app, service=service, validate=self._validator(service),
                                trace=self.trace, anonymous=anonymous)
+
+    def _validator(self, service: str) -> Callable[[str], object]:
+        """How `service`'s auth_token validates a token: with keystone, unless the
+        service-password fault keeps the service from authenticating itself, when
+        keystonemiddleware refuses every token (a 401, whoever asks)."""
+        def validate(token: str) -> object:
+            if self.faults.token_refused(service):
+                raise TokenNotFound(f"{service} could not authenticate to keystone to "
+                                    "validate the token (its service password is wrong)")
+            return self.identity.validate(token)
+        return validate
 
     def close(self) -> None:
         for service in self.mounted.values():

@@ -52,6 +52,10 @@ def build_inspection_app(cloud: Cloud) -> Starlette:
         return JSONResponse({"labkit": {
             "version": "v1", "pace": s.pace, "deterministic": s.deterministic,
             "bcrypt_rounds": s.bcrypt_rounds, "token_ttl": s.token_ttl,
+            "service_down_time": s.service_down_time, "report_interval": s.report_interval,
+            "agent_down_time": cloud.network.neutron.env.agent_down_time,
+            "resize_confirm_window": s.resize_confirm_window,
+            "allow_resize_to_same_host": s.allow_resize_to_same_host,
             "boot": cloud.ids.boot,
             "compute_driver": sorted({m.driver.name for m in cloud.compute.computes.values()}),
             "started_at": cloud.started_at,
@@ -236,8 +240,39 @@ def build_inspection_app(cloud: Cloud) -> Starlette:
         targets = cloud.volume.targets
         return JSONResponse({"targets": targets.describe(), "text": targets.show()})
 
+    # -- the troubleshooting lab's faults (labkit.cloud.faults)
+
+    async def faults(request: Request) -> Response:
+        """The active faults, and every kind with its parameters and symptom."""
+        admin(request)
+        return JSONResponse({"faults": cloud.faults.listing(), "kinds": cloud.faults.kinds()})
+
+    async def inject_fault(request: Request) -> Response:
+        admin(request)
+        body = await read_json(request)
+        if not isinstance(body, dict) or not isinstance(body.get("kind"), str):
+            raise BadRequest("Expecting a JSON object with the fault's kind in 'kind' and its "
+                             "parameters beside it.")
+        params = {k: v for k, v in body.items() if k != "kind"}
+        fault = await cloud.faults.inject(body["kind"], params)
+        return JSONResponse({"fault": fault.to_dict()}, status_code=201)
+
+    async def clear_fault(request: Request) -> Response:
+        admin(request)
+        await cloud.faults.clear(request.path_params["fault_id"])
+        return Response(status_code=204)
+
+    async def clear_faults(request: Request) -> Response:
+        admin(request)
+        await cloud.faults.clear_all()
+        return Response(status_code=204)
+
     return Starlette(routes=[
         Route("/", index, methods=["GET"]),
+        Route("/faults", faults, methods=["GET"]),
+        Route("/faults", inject_fault, methods=["POST"]),
+        Route("/faults", clear_faults, methods=["DELETE"]),
+        Route("/faults/{fault_id}", clear_fault, methods=["DELETE"]),
         Route("/network/hosts", network_hosts, methods=["GET"]),
         Route("/network/topology", network_topology, methods=["GET"]),
         Route("/network/hosts/{host}", network_host, methods=["GET"]),

@@ -20,7 +20,7 @@ from labkit.paths import cloud_home
 
 # What `reset` removes: the state, never the settings or the log.
 STATE_FILES = ("*.sqlite", "*.sqlite-wal", "*.sqlite-shm", "boot", "fernet-keys", "clouds.yaml",
-               "up.lock", "hosts")
+               "up.lock", "hosts", "faults.json")
 
 
 # How labkit's own "is it up?" requests name themselves in the trace.

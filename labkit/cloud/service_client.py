@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import yaml
 
+from labkit.cloud.faults import faults_of
 from labkit.cloud.middleware import INTERNAL_AGENT
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class ServiceClient:
         self._token: str | None = None
         self._expires_at = 0.0
         self._auth_lock: asyncio.Lock | None = None
+        self._password_used = password
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -82,17 +84,24 @@ class ServiceClient:
 
     async def token(self, request_id: str | None = None, component: str | None = None) -> str:
         """A valid token for the service user, issued again when it nears its expiry."""
+        # the password the configuration holds now (the service-password fault changes it):
+        # a token got with another password is dropped, as a restarted service has none
+        password = faults_of(self.cloud).password_for(self.user, self.password,
+                                                      component or self.component)
+        if password != self._password_used:
+            self._token, self._password_used = None, password
         if self._token and time.time() < self._expires_at - EXPIRY_MARGIN:
             return self._token
         if self._auth_lock is None:
             self._auth_lock = asyncio.Lock()
         async with self._auth_lock:
-            if self._token and time.time() < self._expires_at - EXPIRY_MARGIN:
+            if (self._token and self._password_used == password
+                    and time.time() < self._expires_at - EXPIRY_MARGIN):
                 return self._token
             body = {"auth": {
                 "identity": {"methods": ["password"], "password": {"user": {
                     "name": self.user, "domain": {"name": self.domain},
-                    "password": self.password}}},
+                    "password": password}}},
                 "scope": {"project": {"name": self.project,
                                       "domain": {"name": self.domain}}}}}
             r = await self._http().post("/identity/v3/auth/tokens", json=body,
@@ -101,7 +110,7 @@ class ServiceClient:
             if r.status_code != 201:
                 raise ServiceClientError(f"{self.user} could not authenticate: "
                                          f"{r.status_code} {r.text}")
-            self._token = r.headers["X-Subject-Token"]
+            self._token, self._password_used = r.headers["X-Subject-Token"], password
             expires = r.json()["token"]["expires_at"]
             self._expires_at = datetime.fromisoformat(expires.replace("Z", "+00:00")).timestamp()
             return self._token

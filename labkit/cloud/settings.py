@@ -43,6 +43,14 @@ class CloudSettings:
     # nova's sync_power_state_interval (600 s there): how often the compute hosts compare
     # what the database says with what the hypervisor reports
     power_sync_interval: float = 2.0
+    # nova's service_down_time (60 s there): a service whose last heartbeat is older is "down"
+    service_down_time: float = 20.0
+    # nova's report_interval (10 s there): how often each service writes its heartbeat
+    report_interval: float = 5.0
+    # nova's resize_confirm_window: 0 = never auto-confirm a finished resize
+    resize_confirm_window: float = 0.0
+    # nova's allow_resize_to_same_host: the scheduler may pick the source host for a resize
+    allow_resize_to_same_host: bool = False
 
     def __post_init__(self) -> None:
         if self.pace not in PACES:
@@ -51,6 +59,12 @@ class CloudSettings:
             raise ValueError("bcrypt_rounds must be between 4 and 31")
         if self.power_sync_interval <= 0:
             raise ValueError("power_sync_interval must be more than 0 seconds")
+        if self.report_interval <= 0:
+            raise ValueError("report_interval must be more than 0 seconds")
+        if self.service_down_time <= 0:
+            raise ValueError("service_down_time must be more than 0 seconds")
+        if self.resize_confirm_window < 0:
+            raise ValueError("resize_confirm_window must be 0 (never) or more seconds")
         if self.virt not in VIRT_DRIVERS:
             raise ValueError(f"virt must be one of {', '.join(VIRT_DRIVERS)}, not {self.virt!r}")
         if self.virt_type not in VIRT_TYPES:
@@ -70,6 +84,10 @@ class CloudSettings:
             "virt": os.environ.get("LABKIT_VIRT", "auto"),
             "virt_type": os.environ.get("LABKIT_VIRT_TYPE", "auto"),
             "power_sync_interval": float(os.environ.get("LABKIT_POWER_SYNC_INTERVAL", "2")),
+            "service_down_time": float(os.environ.get("LABKIT_SERVICE_DOWN_TIME", "20")),
+            "report_interval": float(os.environ.get("LABKIT_REPORT_INTERVAL", "5")),
+            "resize_confirm_window": float(os.environ.get("LABKIT_RESIZE_CONFIRM_WINDOW", "0")),
+            "allow_resize_to_same_host": env_flag("LABKIT_ALLOW_RESIZE_TO_SAME_HOST"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -53,12 +53,8 @@ def driver_name(cloud: Cloud) -> str:
 
 
 def make_driver(cloud: Cloud, nova: ComputeService, host: str, name: str) -> Driver:
-    if name == "model":
-        return ModelDriver(host, nova.step_seconds)
     from labkit.cloud.compute.manager import current_request
-    from labkit.cloud.virt.host import choose_virt_type
     from labkit.cloud.virt.imagecache import ImageCache
-    from labkit.cloud.virt.qemu import QemuDriver
 
     component = f"nova-compute@{host}"
     instances_dir: Path = cloud.settings.home / "hosts" / host / "instances"
@@ -73,6 +69,12 @@ def make_driver(cloud: Cloud, nova: ComputeService, host: str, name: str) -> Dri
 
     cache = ImageCache(instances_dir / "_base", download,
                        lambda summary, detail: trace(current_request.get(), summary, detail))
+    if name == "model":
+        # no guest runs, but the image is fetched into the host's cache as for qemu
+        return ModelDriver(host, nova.step_seconds, image_cache=cache)
+    from labkit.cloud.virt.host import choose_virt_type
+    from labkit.cloud.virt.qemu import QemuDriver
+
     return QemuDriver(
         host, instances_dir, cache, virt_type=choose_virt_type(cloud.settings.virt_type),
         metadata_url=f"{cloud.base_url}/metadata",

@@ -15,7 +15,10 @@ What nova's compute manager and nova/virt/block_device.py do with the attachment
 - a server's delete: after the driver destroyed the guest, os-brick logs out and the
   attachments are deleted; a volume attached with delete_on_termination is deleted;
 - a restart: the guests' volumes are connected and plugged again where the hypervisor
-  no longer has them.
+  no longer has them;
+- a resize: `move_out` on the host the guest leaves (log out, a fresh attachment
+  without a connector replaces this host's), `move_in` on the host it arrives at (the
+  new host's connector, log in, complete).
 
 Each step is in the trace: cinder's HTTP calls by themselves, the os-brick and driver
 steps as events of this host.
@@ -208,6 +211,42 @@ class HostVolumes:
                     log.warning("Failed to delete volume: %s due to %s", bdm.volume_id, exc)
         for bdm in bdms:
             self.nova.block_devices.destroy(bdm.uuid)
+
+    # -- a move (resize): the volumes leave one host and join another
+
+    async def move_out(self, ctx: MessageContext, instance: Instance) -> None:
+        """The guest left this host (nova's _terminate_volume_connections): os-brick logs
+        out here, and each volume gets a new attachment with no connector before the
+        old one (this host's) is deleted, so cinder keeps it reserved for the instance
+        and stops exporting it here."""
+        ctx = self.for_instance(ctx, instance)
+        for bdm in self.nova.block_devices.for_instance(instance.uuid):
+            self._disconnect(ctx, bdm)
+            if not bdm.attachment_id or not bdm.volume_id:
+                continue
+            new = await self.nova.volume.attachment_create(ctx, bdm.volume_id, instance.uuid)
+            old = bdm.attachment_id
+            self.nova.block_devices.update(bdm.uuid, attachment_id=new["id"])
+            await self.nova.volume.attachment_delete(ctx, old)
+
+    async def move_in(self, ctx: MessageContext, instance: Instance) -> list[VolumeAttachment]:
+        """The guest arrives on this host (nova's _update_volume_attachments and
+        _complete_volume_attachments): this host's connector goes to cinder, which
+        exports the volume here; os-brick logs in; the attachment is completed. What the
+        driver needs to plug each one into the guest."""
+        ctx = self.for_instance(ctx, instance)
+        volume_api, blocks = self.nova.volume, self.nova.block_devices
+        volumes: list[VolumeAttachment] = []
+        for bdm in blocks.for_instance(instance.uuid):
+            if not bdm.attachment_id or not bdm.volume_id:
+                continue
+            attachment = await volume_api.attachment_update(
+                ctx, bdm.attachment_id, self.connector(bdm.device_name), bdm.volume_id)
+            bdm = blocks.update(bdm.uuid, connection_info=attachment["connection_info"])
+            path = self._connect(ctx, bdm, bdm.connection_info or {})
+            await volume_api.attachment_complete(ctx, bdm.attachment_id or "")
+            volumes.append(self._attachment(bdm, path, ctx))
+        return volumes
 
     # -- restart
 

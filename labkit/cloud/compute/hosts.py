@@ -159,8 +159,18 @@ class Hosts:
                 raise NotFound(f"Service {service_id} could not be found.")
             for key, value in values.items():
                 setattr(row, key, value)
-            row.updated_at = time.time()
+            # updated_at stays the last heartbeat: it is what says the service is up
+            # (nova keeps a separate last_seen_up for this; our table has only one)
             return row
+
+    def report_state(self, host: str, binary: str) -> None:
+        """A heartbeat (nova's Service.report_state): updated_at now, report_count + 1."""
+        with self.db.session() as s:
+            row = s.scalar(select(Service).where(Service.host == host,
+                                                 Service.binary == binary))
+            if row is not None:
+                row.updated_at = time.time()
+                row.report_count += 1
 
     def nodes(self) -> list[ComputeNode]:
         with self.db.session() as s:

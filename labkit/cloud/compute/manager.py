@@ -2,8 +2,9 @@
 
 It builds an instance through the task states nova walks (networking,
 block_device_mapping, spawning) with its hypervisor driver, and stops, starts,
-reboots and deletes it. A build the driver cannot finish, or whose port neutron
-cannot bind here, is sent back to the conductor, which retries on an alternate host.
+reboots, resizes (compute/resize.py) and deletes it. A build the driver cannot
+finish, or whose port neutron cannot bind here, is sent back to the conductor, which
+retries on an alternate host.
 
 With a networking service, the build makes or binds the ports at "networking", plugs
 them (os-vif) before the spawn and waits for neutron's network-vif-plugged for each
@@ -33,8 +34,11 @@ from labkit.cloud.compute.host_volumes import HostVolumes
 from labkit.cloud.compute.instance_events import InstanceEvents
 from labkit.cloud.compute.instances import CRASHED, NOSTATE, RUNNING, SHUTDOWN, Instance
 from labkit.cloud.compute.network import NetworkAllocationFailed, PortBindingFailed
+from labkit.cloud.compute.resize import ResizeSteps, TaskChanged
 from labkit.cloud.compute.states import set_state
 from labkit.cloud.errors import NotFound
+from labkit.cloud.faults import faults_of
+from labkit.cloud.service_client import ServiceClientError
 from labkit.cloud.trace import TraceEvent
 from labkit.cloud.virt.driver import Driver, GuestSpec, SpawnFailed
 
@@ -48,10 +52,6 @@ DETACH_EVENT = "compute_detach_volume"
 MAX_CONSOLE_BYTES = 100 * 1024
 POWER_NAMES = {NOSTATE: "NOSTATE", RUNNING: "Running", SHUTDOWN: "Shutdown",
                CRASHED: "Crashed", 3: "Paused", 7: "Suspended"}
-
-
-class TaskChanged(Exception):
-    """The instance is no longer in the task this operation was started for (deleted)."""
 
 
 class BuildAborted(Exception):
@@ -68,7 +68,9 @@ current_request: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "current_request", default=None)
 
 
-class ComputeManager:
+class ComputeManager(ResizeSteps):
+    """One host's nova-compute (the resize steps are in compute/resize.py)."""
+
     def __init__(self, nova: ComputeService, host: str, driver: Driver) -> None:
         self.nova = nova
         self.host = host
@@ -107,9 +109,15 @@ class ComputeManager:
         if values:
             self._state(ctx, uuid, **values)
 
-    async def _pause(self) -> None:
-        if self.nova.step_seconds:
-            await asyncio.sleep(self.nova.step_seconds)
+    async def _pause(self, uuid: str | None = None) -> None:
+        """The pace's pause in a step; longer while a slow-step fault names the task state
+        the instance is in now (on this host or every host)."""
+        seconds = self.nova.step_seconds
+        if uuid is not None:
+            row = self._row(uuid)
+            seconds += faults_of(self.nova.cloud).slow_step(row.task_state, self.host)
+        if seconds:
+            await asyncio.sleep(seconds)
 
     def _driver_call(self, ctx: MessageContext, summary: str, **detail: Any) -> None:
         self.nova.trace.record(TraceEvent(
@@ -168,16 +176,21 @@ class ComputeManager:
 
     async def _build(self, ctx: MessageContext, uuid: str, spec: dict[str, Any]) -> None:
         self._step(ctx, uuid, (None,), task_state="networking")
-        await self._pause()
+        await self._pause(uuid)
         try:
             network_info = await self.nova.network.allocate_for_instance(
                 ctx, self._row(uuid), self.host, spec.get("requested_networks"))
         except NetworkAllocationFailed as exc:
             raise BuildAborted(f"Failed to allocate the network(s) with error {exc}, not "
                                f"rescheduling.") from exc
+        except ServiceClientError as exc:
+            # keystone refused nova's service user (its [neutron] password is wrong)
+            raise BuildAborted("Failed to allocate the network(s), not rescheduling.") \
+                from exc
         self._step(ctx, uuid, ("networking",), task_state="block_device_mapping")
-        await self._pause()
+        await self._pause(uuid)
         self._step(ctx, uuid, ("block_device_mapping",), task_state="spawning")
+        await self._pause(uuid)
         instance = self._row(uuid)
         # the whole image, properties and all (kernel_id, ramdisk_id), as the conductor
         # hands nova-compute the image's metadata
@@ -190,6 +203,7 @@ class ComputeManager:
         await self._plug_vifs(ctx, uuid, network_info)
         self._driver_call(ctx, f"spawn {guest.name}", vcpus=guest.vcpus,
                           memory_mb=guest.memory_mb)
+        faults_of(self.nova.cloud).check_instances_disk(self.host, uuid, ctx.request_id)
         current_request.set(ctx.request_id)
         await self.driver.spawn(guest)
         # the floating IPs the ports have now: one associated while the guest was being
@@ -263,7 +277,10 @@ class ComputeManager:
         True when it is ready to go to another host."""
         await self.driver.destroy(uuid)
         self._unplug_vifs(ctx, uuid)
-        await self.nova.network.deallocate_for_instance(ctx, self._row(uuid))
+        try:
+            await self.nova.network.deallocate_for_instance(ctx, self._row(uuid))
+        except Exception:  # nova's _cleanup_allocated_networks: log it, go on failing
+            log.exception("Failed to deallocate networks of %s on %s", uuid, self.host)
         self.nova.release_allocation(ctx, uuid, self.component)
         row = self._row(uuid)
         if not reschedule or row.deleted or row.task_state == "deleting":
@@ -300,7 +317,7 @@ class ComputeManager:
             instances.start_event(uuid, ctx.request_id, event, self.host)
             try:
                 self._step(ctx, uuid, (task,))  # still asked for, and not deleted
-                await self._pause()
+                await self._pause(uuid)
                 self._driver_call(ctx, f"{operation.__name__} {uuid[:8]}")
                 await operation(uuid)
                 self._step(ctx, uuid, (task,), vm_state=vm_state, task_state=None,
@@ -328,7 +345,7 @@ class ComputeManager:
         event = "compute_terminate_instance"
         self.nova.instances.start_event(uuid, ctx.request_id, event, self.host)
         try:
-            await self._pause()
+            await self._pause(uuid)
             self._driver_call(ctx, f"destroy {uuid[:8]}")
             await self.driver.destroy(uuid)
             self._unplug_vifs(ctx, uuid)
@@ -342,6 +359,7 @@ class ComputeManager:
             self._state(ctx, uuid, vm_state="error", task_state=None)
             return
         self.nova.release_allocation(ctx, uuid, self.component)
+        self.release_move(ctx, uuid)
         self.nova.instances.finish_event(uuid, ctx.request_id, event)
         self.nova.finish_delete(ctx, uuid)
 
@@ -527,9 +545,13 @@ class ComputeManager:
             elif instance.task_state == "deleting":
                 await self._terminate(ctx, instance.uuid)
             else:
-                if instance.task_state is not None:
+                # a resize cut off: ERROR (VERIFY_RESIZE is adopted as it is)
+                recovered = await self.recover_resize(ctx, instance)
+                if instance.task_state is not None and not recovered:
                     self._state(ctx, instance.uuid, task_state=None)
                 power = RUNNING if instance.vm_state == "active" else SHUTDOWN
+                if instance.vm_state == "resized":
+                    power = instance.power_state
                 self.driver.adopt(instance.uuid, power)
                 await self.volumes.restore(ctx, instance)
         # what the hypervisor found may differ from the records (a guest that died while

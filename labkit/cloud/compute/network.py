@@ -110,6 +110,11 @@ class NetworkAPI(Protocol):
                                    instance: Instance) -> list[dict[str, Any]]:
         """The instance's network info as neutron has it now; the info cache is updated."""
 
+    async def migrate_instance_finish(self, ctx: MessageContext, instance: Instance,
+                                      host: str) -> None:
+        """A move reached `host` (a resize, or its revert): bind the instance's ports
+        there (binding:host_id). PortBindingFailed when neutron cannot."""
+
 
 class NoNetwork:
     """No networking service in this lab: no ports, nothing to wire."""
@@ -136,3 +141,7 @@ class NoNetwork:
     async def get_instance_nw_info(self, ctx: MessageContext,
                                    instance: Instance) -> list[dict[str, Any]]:
         return []
+
+    async def migrate_instance_finish(self, ctx: MessageContext, instance: Instance,
+                                      host: str) -> None:
+        return None

@@ -382,6 +382,16 @@ class NeutronNetworkAPI:
         self.nova.instances.set_network_info(instance.uuid, info)
         return info
 
+    async def migrate_instance_finish(self, ctx: MessageContext, instance: Instance,
+                                      host: str) -> None:
+        """nova's _update_port_binding_for_instance: each port of the instance is bound
+        to the host the instance now runs on."""
+        ports = await self._list(ctx, "ports", [("device_id", instance.uuid)])
+        for port in ports:
+            if port.get("binding:host_id") == host:
+                continue
+            await self._bind_port(ctx, instance, port["id"], host)
+
     # -- the network info model
 
     async def _network_info(self, ctx: MessageContext, instance: Instance,

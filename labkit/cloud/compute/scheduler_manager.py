@@ -49,8 +49,7 @@ class SchedulerManager:
                 host=node.host, node=node.hypervisor_hostname, uuid=node.uuid,
                 availability_zone=node.availability_zone,
                 service_enabled=bool(service and not service.disabled),
-                service_up=bool(service and not service.forced_down
-                                and nova.bus_has(f"compute.{node.host}")),
+                service_up=bool(service and nova.service_is_up(service)),
                 disabled_reason=service.disabled_reason if service else None,
                 vcpus=node.vcpus, vcpus_used=used.get("VCPU", 0),
                 memory_mb=node.memory_mb,

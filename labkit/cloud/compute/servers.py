@@ -21,6 +21,8 @@ from labkit.cloud.bus import MessageContext
 from labkit.cloud.compute.block_devices import BlockDeviceMapping, match_device
 from labkit.cloud.compute.cinder import InvalidInput, InvalidVolume, VolumeNotFound
 from labkit.cloud.compute.instances import NOSTATE, Instance
+from labkit.cloud.compute.migrations import Migration
+from labkit.cloud.compute.quotas import QuotaExceeded
 from labkit.cloud.compute.states import set_state
 from labkit.cloud.errors import BadRequest, Conflict, Forbidden, NotFound
 from labkit.cloud.virt.driver import GuestNotFound
@@ -86,6 +88,12 @@ def hostname_for(name: str, uuid: str) -> str:
     dashes, anything else odd dropped, lower case; "Server-<uuid>" when nothing is left."""
     cleaned = HOSTNAME_CHARS.sub("", re.sub(r"[ _.]", "-", name[:63])).lower().strip(".-")
     return cleaned or f"Server-{uuid}"[:63]
+
+
+def kept_flavor(flavor: dict[str, Any]) -> dict[str, Any]:
+    """The copy of a flavor nova keeps with an instance (and a migration keeps two of)."""
+    return {k: flavor[k] for k in ("flavorid", "name", "vcpus", "memory_mb", "root_gb",
+                                   "ephemeral_gb", "swap", "extra_specs", "rxtx_factor")}
 
 
 class ServersAPI:
@@ -265,8 +273,7 @@ class ServersAPI:
         networks, user_data = prepared["networks"], prepared["user_data"]
         count = nova.quotas.how_many_fit(ctx.project_id or "", flavor, request.min_count,
                                          max_count)
-        kept = {k: flavor[k] for k in ("flavorid", "name", "vcpus", "memory_mb", "root_gb",
-                                       "ephemeral_gb", "swap", "extra_specs", "rxtx_factor")}
+        kept = kept_flavor(flavor)
         reservation_id = "r-" + nova.ids.hex_id("reservation")[:8]
         now = time.time()
         uuids = [nova.ids.uuid("instance") for _ in range(count)]
@@ -394,6 +401,12 @@ class ServersAPI:
         with nova.database.session() as s:
             nova.instances.start_action(s, uuid, "delete", ctx.request_id or "",
                                         ctx.user_id or "", ctx.project_id or "")
+        if instance.vm_state == "resized":
+            # nova's _confirm_resize_on_deleting: the source's copy and the migration's
+            # allocation there go too
+            migration = nova.migrations.for_instance(uuid, status="finished")
+            if migration:
+                self.start_confirm(ctx, instance, migration[-1])
         if instance.host is None or instance.host not in nova.computes:
             # never reached a host: nova deletes it in the API ("local delete")
             nova.release_allocation(ctx, uuid, ctx.source)
@@ -407,6 +420,124 @@ class ServersAPI:
         instance = self.instance(ctx, uuid)
         # a rename keeps the hostname: nova changes it only when asked (2.90's "hostname")
         self.nova.instances.update(instance.uuid, **values)
+
+    # -- resize (nova.compute.api's resize, confirm_resize, revert_resize)
+
+    def resize(self, ctx: MessageContext, uuid: str, flavor_ref: str) -> None:
+        """Check as nova's API does, then RESIZE (task resize_prep) and cast the
+        conductor's migrate_server; the rest happens on the hosts (compute/resize.py)."""
+        nova = self.nova
+        instance = self.instance(ctx, uuid)
+        self._check(ctx, "resize", instance, ("active", "stopped"))
+        flavor_id = str(flavor_ref).rstrip("/").rsplit("/", 1)[-1]
+        try:
+            flavor = nova.flavors.find_for_project(flavor_id, ctx.project_id, ctx.is_admin)
+        except NotFound as exc:
+            raise BadRequest(f"Flavor {flavor_id} could not be found.") from exc
+        if flavor.get("disabled"):
+            raise BadRequest(f"Flavor {flavor_id} could not be found.")
+        old = instance.flavor
+        if str(flavor["flavorid"]) == str(old.get("flavorid")):
+            raise BadRequest("When resizing, instances must change flavor!")
+        if flavor["root_gb"] == 0 and old.get("root_gb", 0) != 0:
+            raise BadRequest("Server disk was unable to be resized because: Resize to zero "
+                             "disk flavor is not allowed.")
+        if flavor["root_gb"] < old.get("root_gb", 0):
+            # nova finds this on the source host (the libvirt driver refuses); the lab's
+            # API says it before anything moves
+            raise BadRequest("Resize error: Unable to resize disk down.")
+        self._check_upsize_quota(instance.project_id, old, flavor)
+        new = kept_flavor(flavor)
+        with nova.database.session() as s:
+            nova.instances.start_action(s, uuid, "resize", ctx.request_id or "",
+                                        ctx.user_id or "", ctx.project_id or "")
+        set_state(nova.trace, nova.instances, ctx, uuid, task_state="resize_prep", progress=0)
+        nova.bus.cast(ctx, "conductor", "migrate_server", instance_uuid=uuid, flavor=new,
+                      request_spec=self._move_spec(instance, new))
+
+    def _check_upsize_quota(self, project_id: str, old: dict[str, Any],
+                            new: dict[str, Any]) -> None:
+        """nova's _check_quota_for_upsize: only what grows is checked (cores, ram)."""
+        limits = self.nova.quotas.limits(project_id)
+        used = self.nova.quotas.usage(project_id)
+        deltas = {"cores": new["vcpus"] - old.get("vcpus", 0),
+                  "ram": new["memory_mb"] - old.get("memory_mb", 0)}
+        over = [r for r, d in deltas.items()
+                if d > 0 and limits[r] >= 0 and used[r] + d > limits[r]]
+        if over:
+            raise QuotaExceeded(
+                f"Quota exceeded for {', '.join(over)}: Requested "
+                f"{', '.join(str(deltas[r]) for r in over)}, but already used "
+                f"{', '.join(str(used[r]) for r in over)} of "
+                f"{', '.join(str(limits[r]) for r in over)} {', '.join(over)}")
+
+    def _move_spec(self, instance: Instance, flavor: dict[str, Any]) -> dict[str, Any]:
+        """The instance's request spec again, with the new flavor (nova keeps the boot's
+        request spec; the lab rebuilds it from the instance)."""
+        try:
+            image = self.nova.images.get_image(instance.image_ref, instance.project_id,
+                                               is_admin=True)
+        except NotFound:
+            image = {"id": instance.image_ref}
+        group = None
+        if instance.group_id:
+            try:
+                found = self.nova.server_groups.get(instance.group_id, None, True)
+                group = {"uuid": found["id"], "name": found.get("name", ""),
+                         "policy": found["policy"], "rules": found.get("rules") or {},
+                         "members": list(found.get("members", []))}
+            except (NotFound, Forbidden):
+                group = None
+        return {"flavor": flavor,
+                "image": {"id": image["id"], "name": image.get("name"),
+                          "properties": scheduling_properties(image)},
+                "availability_zone": instance.requested_availability_zone,
+                "project_id": instance.project_id,
+                "scheduler_hints": dict(instance.scheduler_hints or {}), "num_instances": 1,
+                "requested_networks": instance.requested_networks, "group": group,
+                "ignore_hosts": []}
+
+    def _finished_migration(self, uuid: str) -> Migration:
+        """The resize waiting for a confirm or a revert (nova's
+        get_by_instance_and_status(..., "finished"))."""
+        found = self.nova.migrations.for_instance(uuid, status="finished")
+        if not found:
+            raise BadRequest("Instance has not been resized.")
+        return found[-1]
+
+    def confirm_resize(self, ctx: MessageContext, uuid: str) -> None:
+        instance = self.instance(ctx, uuid)
+        self._check(ctx, "confirmResize", instance, ("resized",))
+        migration = self._finished_migration(uuid)
+        self.start_confirm(ctx, instance, migration)
+
+    def start_confirm(self, ctx: MessageContext, instance: Instance,
+                      migration: Migration) -> None:
+        """The confirm once checked: the API's and the periodic auto-confirm's."""
+        nova = self.nova
+        nova.migrations.update(migration.id, status="confirming")
+        with nova.database.session() as s:
+            nova.instances.start_action(s, instance.uuid, "confirmResize",
+                                        ctx.request_id or "", ctx.user_id or "",
+                                        ctx.project_id or "")
+        nova.bus.cast(ctx, f"compute.{migration.source_compute}", "confirm_resize",
+                      instance_uuid=instance.uuid, migration_id=migration.id)
+
+    def revert_resize(self, ctx: MessageContext, uuid: str) -> None:
+        nova = self.nova
+        instance = self.instance(ctx, uuid)
+        self._check(ctx, "revertResize", instance, ("resized",))
+        migration = self._finished_migration(uuid)
+        # going back to the old flavor is an upsize too when it was bigger
+        self._check_upsize_quota(instance.project_id, migration.new_flavor,
+                                 migration.old_flavor)
+        nova.migrations.update(migration.id, status="reverting")
+        with nova.database.session() as s:
+            nova.instances.start_action(s, uuid, "revertResize", ctx.request_id or "",
+                                        ctx.user_id or "", ctx.project_id or "")
+        set_state(nova.trace, nova.instances, ctx, uuid, task_state="resize_reverting")
+        nova.bus.cast(ctx, f"compute.{migration.dest_compute}", "revert_resize",
+                      instance_uuid=uuid, migration_id=migration.id)
 
     # -- volumes (nova.compute.api's attach_volume and detach_volume)
 

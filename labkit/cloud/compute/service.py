@@ -29,12 +29,15 @@ from labkit.cloud.compute.hosts import Hosts
 from labkit.cloud.compute.instances import NOSTATE, Instance, Instances
 from labkit.cloud.compute.keypairs import Keypairs
 from labkit.cloud.compute.manager import ComputeManager
+from labkit.cloud.compute.migrations import Migrations
 from labkit.cloud.compute.network import NetworkAPI, NoNetwork
 from labkit.cloud.compute.neutron import NeutronNetworkAPI
 from labkit.cloud.compute.quotas import Quotas
+from labkit.cloud.compute.resize import poll_unconfirmed_resizes
 from labkit.cloud.compute.scheduler.request import RequestSpec
 from labkit.cloud.compute.scheduler_manager import SchedulerManager
 from labkit.cloud.compute.server_groups import ServerGroups
+from labkit.cloud.compute.servicegroup import Heartbeats, is_up
 from labkit.cloud.compute.states import set_state
 from labkit.cloud.db import Database
 from labkit.cloud.errors import Conflict
@@ -80,6 +83,7 @@ class ComputeService:
         self.block_devices = BlockDevices(self.database, self.ids)
         self.hosts = Hosts(self.database, self.ids, settings.lab)
         self.flavors = Flavors(self.database, self.ids)
+        self.migrations = Migrations(self.database, self.ids)
         self.flavors.bootstrap(settings.lab)
         self.keypairs = Keypairs(self.database, self.ids)
         self.server_groups = ServerGroups(self.database, self.ids)
@@ -93,6 +97,11 @@ class ComputeService:
             for h in self.hosts.compute_hosts()}
         self.power_sync_interval = settings.power_sync_interval
         self._power_sync: asyncio.Task[None] | None = None
+        self._resize_poll: asyncio.Task[None] | None = None
+        # nova's servicegroup: each service's heartbeat, and how old one may be
+        self.service_down_time = settings.service_down_time
+        self.heartbeats = Heartbeats(self.hosts.report_state, settings.report_interval)
+        self._stopped_computes: set[str] = set()
         self._register()
         self.app = api.build_compute_app(self)
 
@@ -165,12 +174,18 @@ class ComputeService:
             await manager.init_host(ctx.sent_by(manager.component))
         self._fail_lost_builds(ctx.sent_by("nova-conductor"))
         self._power_sync = asyncio.get_running_loop().create_task(self._sync_power_states())
+        # nova's _poll_unconfirmed_resizes (it confirms only with resize_confirm_window)
+        self._resize_poll = asyncio.get_running_loop().create_task(
+            poll_unconfirmed_resizes(self))
+        self._start_heartbeats()
 
     async def _sync_power_states(self) -> None:
         """nova's periodic _sync_power_states, on every host, every power_sync_interval."""
         while True:
             await asyncio.sleep(self.power_sync_interval)
             for manager in self.computes.values():
+                if not self.compute_running(manager.host):
+                    continue  # a stopped nova-compute runs no periodic tasks
                 try:
                     await manager.sync_power_states()
                 except Exception:  # one bad guest must not end the periodic task
@@ -179,6 +194,9 @@ class ComputeService:
     async def stop(self) -> None:
         if self._power_sync is not None:
             self._power_sync.cancel()
+        if self._resize_poll is not None:
+            self._resize_poll.cancel()
+        await self.heartbeats.stop_all()
         # long enough for a build at the teach pace to finish rather than be cut off
         await self.bus.drain(timeout=30)
         # the hosts go down with the cloud: no guest outlives it
@@ -189,6 +207,56 @@ class ComputeService:
 
     def close(self) -> None:
         self.database.close()
+
+    # -- services up and down (nova's servicegroup; labkit's compute-down fault)
+
+    def _start_heartbeats(self) -> None:
+        controller = self.hosts.controller()
+        for component in (self.conductor, self.scheduler):
+            self.heartbeats.start(controller, component.component)
+        for host in self.computes:
+            if host not in self._stopped_computes:
+                self.heartbeats.start(host, "nova-compute")
+
+    def service_is_up(self, service: Any) -> bool:
+        """nova's servicegroup is_up: heard from within service_down_time, not forced down."""
+        return is_up(service, time.time(), self.service_down_time)
+
+    def compute_running(self, host: str) -> bool:
+        """Whether nova-compute on `host` runs (it may still look up for a while after it
+        stopped, and down for a while after it started: see service_is_up)."""
+        return host in self.computes and host not in self._stopped_computes
+
+    def stop_compute(self, host: str) -> None:
+        """nova-compute on `host` stops: no more heartbeats; what is cast to it waits in
+        its queue, calls to it time out. Its guests keep running, as on a real host."""
+        if host not in self.computes:
+            raise KeyError(f"no compute host {host!r}")
+        self._stopped_computes.add(host)
+        self.heartbeats.stop(host, "nova-compute")
+        self.bus.pause(self.computes[host].topic)
+        self.trace.record(TraceEvent(
+            kind="event", source="labkit", target=self.computes[host].component,
+            summary=f"nova-compute on {host} stopped: no heartbeats, messages queue up",
+            request_id=None, detail={"host": host}))
+
+    def start_compute(self, host: str) -> None:
+        """nova-compute on `host` starts again: it reports at once (up again) and handles
+        what waited in its queue, in order."""
+        if host not in self.computes:
+            raise KeyError(f"no compute host {host!r}")
+        was_stopped = host in self._stopped_computes
+        self._stopped_computes.discard(host)
+        topic = self.computes[host].topic
+        queued = self.bus.queued(topic)
+        self.bus.resume(topic)
+        self.heartbeats.start(host, "nova-compute")
+        if was_stopped:
+            self.trace.record(TraceEvent(
+                kind="event", source="labkit", target=self.computes[host].component,
+                summary=f"nova-compute on {host} started: {queued} queued message(s) "
+                        "delivered", request_id=None, detail={"host": host,
+                                                              "queued": queued}))
 
     # -- what the components share
 

@@ -34,6 +34,8 @@ class ImageService:
         home = cloud.settings.home
         self.database = Database(home / "glance.sqlite", ImageBase)
         self.images = Images(self.database, home / "images", cloud.ids)
+        # the troubleshooting lab's faults (an unreadable store) reach the store through it
+        self.images.faults = getattr(cloud, "faults", None)  # type: ignore[attr-defined]
         self.images.forget_partial_uploads()
         self.images.load_lab(cloud.settings.lab, self._lab_owner(cloud))
         self.app = build_image_app(self.images)

@@ -63,6 +63,15 @@ class UnsupportedMediaType(ServiceError):
         self.headers = headers or {}
 
 
+class StoreUnavailable(ServiceError):
+    """503: the store holding the image's data cannot be read (glance_store's
+    RemoteServiceUnavailable); nova's download fails and its build is rescheduled."""
+
+    status = 503
+    title = "Service Unavailable"
+    default_message = "Remote server where the image is present is unavailable."
+
+
 class Gone(ServiceError):
     status = 410
     title = "Gone"

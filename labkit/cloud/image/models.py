@@ -29,8 +29,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from labkit.cloud.db import Database
 from labkit.cloud.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
+from labkit.cloud.faults import faults_of
 from labkit.cloud.ids import IdSource
-from labkit.cloud.image.exceptions import Gone
+from labkit.cloud.image.exceptions import Gone, StoreUnavailable
 
 # -- the tables ---------------------------------------------------------------------------
 
@@ -832,6 +833,8 @@ class Images:
                 raise Forbidden("The requested image has been deactivated. Image data "
                                 "download is forbidden.")
             image = self.view(row)
+        if faults_of(self).image_unreadable(image_id):  # the troubleshooting lab's fault
+            raise StoreUnavailable()
         path = self.data_path(image_id)
         return (path if path.exists() else None), image
 

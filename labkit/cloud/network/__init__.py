@@ -41,6 +41,11 @@ class NetworkService:
         self.hosts: list[dict[str, Any]] = lab_hosts(settings.lab)
         self.database = Database(settings.home / "neutron.sqlite", NetworkBase)
         self.neutron = Neutron(self.database, cloud.ids, cloud.trace, settings.lab, self.hosts)
+        # the lab shortens neutron's heartbeats as it does nova's (report_interval 30 s and
+        # agent_down_time 75 s in neutron): an agent is dead after as long as a nova service
+        # is down, and never sooner than neutron's rule of two missed reports
+        self.neutron.env.agent_down_time = max(settings.service_down_time,
+                                               2 * settings.report_interval)
         self.neutron.load_lab(self._lab_projects(cloud))
         self.app = build_network_app(self.neutron)
         self._versions = versions

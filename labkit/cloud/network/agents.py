@@ -238,7 +238,9 @@ class AgentRuntime:
         self.neutron = service.neutron
         self.bus: MessageBus = cloud.bus
         self.trace: Trace = cloud.trace
-        self.report_interval = REPORT_INTERVAL
+        # the lab's report_interval, shared with nova's services (neutron's is 30 s)
+        self.report_interval: float = getattr(cloud.settings, "report_interval",
+                                              REPORT_INTERVAL)
         self.agents: dict[tuple[str, str], Agent] = {}
         for host in self.service.hosts:
             if host.get("local_ip"):

@@ -4,8 +4,8 @@ At start every agent of the lab gets its row (or a fresh heartbeat on a restart)
 data/hosts.yaml: an Open vSwitch agent on each host with a tunnel address, and the DHCP,
 L3 and metadata agents on the network node. The agents' runtime then calls
 `Neutron.report_state` every report interval; an agent whose last heartbeat is older
-than agent_down_time (75 s) is dead, and a port cannot bind to a host whose OVS agent
-is dead.
+than agent_down_time (neutron's 75 s; the lab's follows nova's service_down_time) is
+dead, and a port cannot bind to a host whose OVS agent is dead.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select
 
 from labkit.cloud.network import views
-from labkit.cloud.network.common import AGENT_DOWN_TIME, Env, Tx
+from labkit.cloud.network.common import Env, Tx
 from labkit.cloud.network.exceptions import NeutronNotFound
 from labkit.cloud.network.tables import AgentRow
 
@@ -108,7 +108,7 @@ def report_state(tx: Tx, host: str, binary: str) -> None:
 
 
 def is_alive(env: Env, row: AgentRow) -> bool:
-    return env.clock() - row.heartbeat_timestamp <= AGENT_DOWN_TIME
+    return env.clock() - row.heartbeat_timestamp <= env.agent_down_time
 
 
 def can_bind(tx: Tx, host: str) -> bool:

@@ -69,6 +69,8 @@ class Env:
     lab: LabConfig
     hosts: list[dict[str, Any]]
     clock: Callable[[], float] = time.time
+    # neutron's agent_down_time; the networking service sets the lab's (see __init__)
+    agent_down_time: float = AGENT_DOWN_TIME
 
     @property
     def network_node(self) -> str | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import or_, select
 
+from labkit.cloud.faults import faults_of
 from labkit.cloud.network import agents_db, ipam, local_vlans, quotas, views
 from labkit.cloud.network import security_groups as groups
 from labkit.cloud.network.common import (
@@ -221,7 +222,9 @@ def _address_pairs(row: PortRow, pairs: list[dict[str, Any]]) -> list[dict[str, 
 def _bind(tx: Tx, row: PortRow, host: str) -> None:
     """Bind to `host` through its OVS agent, or fail the binding; tell listeners."""
     row.host = host
-    if row.vnic_type == "normal" and agents_db.can_bind(tx, host):
+    # the troubleshooting lab's port-binding fault: no mechanism driver binds on `host`
+    refused = faults_of(getattr(tx.env, "cloud", None)).binding_fails(host)
+    if row.vnic_type == "normal" and agents_db.can_bind(tx, host) and not refused:
         row.vif_type, row.vif_details = "ovs", dict(VIF_DETAILS)
         tx.emit_later("port.bound", lambda: views.port(row))
     else:

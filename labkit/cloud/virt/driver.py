@@ -97,5 +97,26 @@ class Driver(Protocol):
                             request_id: str | None = None) -> None:
         """Unplug the volume; on return the guest no longer uses the host's device."""
 
+    async def migrate_disk_and_power_off(self, uuid: str, dest_host: str,
+                                         flavor: dict[str, Any],
+                                         request_id: str | None = None) -> dict[str, Any]:
+        """Source host: stop the guest (clean shutdown) and copy its disk to dest_host's
+        instance dir. Keep the source's own files as `<uuid>_resize` so a revert can
+        restore them. Returns disk_info (what finish_migration needs, JSON-able)."""
+
+    async def finish_migration(self, guest: GuestSpec, disk_info: dict[str, Any],
+                               volumes: list[VolumeAttachment], power_on: bool) -> None:
+        """Dest host: define the guest from the migrated disk with guest.vcpus/memory_mb/
+        root_gb (grow the root disk when root_gb grew), its volumes and
+        guest.network_info; start it when power_on."""
+
+    async def confirm_migration(self, uuid: str, request_id: str | None = None) -> None:
+        """Source host: delete the kept `<uuid>_resize` files (the old guest is already
+        off)."""
+
+    async def finish_revert_migration(self, guest: GuestSpec, volumes: list[VolumeAttachment],
+                                      power_on: bool) -> None:
+        """Source host: restore `<uuid>_resize` and start the guest with the old flavor."""
+
     async def shutdown(self) -> None:
         """The compute service is stopping."""

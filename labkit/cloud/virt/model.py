@@ -14,14 +14,19 @@ from typing import Any
 
 from labkit.cloud.compute.instances import NOSTATE, RUNNING, SHUTDOWN
 from labkit.cloud.virt.driver import GuestNotFound, GuestSpec, SpawnFailed, VolumeAttachment
+from labkit.cloud.virt.imagecache import ImageCache
 
 
 class ModelDriver:
     name = "model"
 
-    def __init__(self, host: str, step_seconds: float = 0.0) -> None:
+    def __init__(self, host: str, step_seconds: float = 0.0,
+                 image_cache: ImageCache | None = None) -> None:
         self.host = host
         self.step_seconds = step_seconds
+        # the host's image cache: a spawn fetches the image from glance as nova's
+        # libvirt driver does (once per host), so a failing download fails the spawn
+        self.image_cache = image_cache
         self.guests: dict[str, dict[str, Any]] = {}
         self.fail_next_spawns = 0
 
@@ -31,6 +36,13 @@ class ModelDriver:
 
     async def spawn(self, guest: GuestSpec) -> None:
         await self._step()
+        image_id = (guest.image or {}).get("id")
+        if self.image_cache is not None and image_id:
+            try:
+                await self.image_cache.fetch(image_id)
+            except Exception as exc:
+                raise SpawnFailed(f"fetching image {image_id} for {guest.name} on {self.host} "
+                                  f"failed: {exc}") from exc
         if self.fail_next_spawns:
             self.fail_next_spawns -= 1
             raise SpawnFailed(f"the model hypervisor on {self.host} was told to fail "
@@ -97,6 +109,42 @@ class ModelDriver:
                 "virt_type": None, "domain_xml": None, "command": None, "pid": None,
                 "forwards": [], "image_cache": [], "volumes": volumes,
                 "note": "the model driver keeps records only: no domain XML, no process"}
+
+    # -- a cold migration (resize): the guest's record plays the part of its disk
+
+    async def migrate_disk_and_power_off(self, uuid: str, dest_host: str,
+                                         flavor: dict[str, Any],
+                                         request_id: str | None = None) -> dict[str, Any]:
+        """Power off; keep the record as `<uuid>_resize` for a revert (a same-host
+        resize's dest then makes a fresh `<uuid>`)."""
+        await self._step()
+        guest = self._guest(uuid)
+        guest["power_state"] = SHUTDOWN
+        self.guests[f"{uuid}_resize"] = self.guests.pop(uuid)
+        return {"driver": self.name, "source_host": self.host, "dest_host": dest_host,
+                "disk": f"hosts/{self.host}/instances/{uuid}_resize (a record only)"}
+
+    async def finish_migration(self, guest: GuestSpec, disk_info: dict[str, Any],
+                               volumes: list[VolumeAttachment], power_on: bool) -> None:
+        await self._step()
+        self.guests[guest.uuid] = {
+            "spec": asdict(guest), "power_state": RUNNING if power_on else SHUTDOWN,
+            "volumes": {v.volume_id: {"device": v.device, "serial": v.serial, "path": v.path}
+                        for v in volumes}}
+
+    async def confirm_migration(self, uuid: str, request_id: str | None = None) -> None:
+        await self._step()
+        self.guests.pop(f"{uuid}_resize", None)
+
+    async def finish_revert_migration(self, guest: GuestSpec, volumes: list[VolumeAttachment],
+                                      power_on: bool) -> None:
+        """Bring `<uuid>_resize` back (after a restart the record is gone: make it anew)."""
+        await self._step()
+        self.guests.pop(f"{guest.uuid}_resize", None)
+        self.guests[guest.uuid] = {
+            "spec": asdict(guest), "power_state": RUNNING if power_on else SHUTDOWN,
+            "volumes": {v.volume_id: {"device": v.device, "serial": v.serial, "path": v.path}
+                        for v in volumes}}
 
     async def shutdown(self) -> None:
         """Records only: nothing runs."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from labkit.cloud.bus import MessageContext
+from labkit.cloud.faults import faults_of
 from labkit.cloud.trace import TraceEvent
 from labkit.cloud.volume.backend import GIB, BackendError
 from labkit.cloud.volume.models import Attachment, Snapshot, Volume, utcnow
@@ -41,8 +42,12 @@ class SchedulerManager:
         with svc.database.session() as s:
             provisioned = sum(v.size for v in s.scalars(select(Volume).where(
                 Volume.deleted.is_(False), Volume.host.is_not(None))))
+        # a thin pool's free space: all of it in this model, none when the lab's
+        # volume-backend-full fault says the backend is full
+        free = 0 if faults_of(getattr(svc, "_cloud", None)).backend_full() else svc.group_gb
         return [{"name": svc.host, "capabilities": {
             "volume_backend_name": svc.backend_name, "total_capacity_gb": svc.group_gb,
+            "free_capacity_gb": free,
             "provisioned_capacity_gb": provisioned, "thin_provisioning_support": True,
             "max_over_subscription_ratio": OVER_SUBSCRIPTION, "storage_protocol": "iSCSI",
             "backend_state": "up"}}]
@@ -56,7 +61,8 @@ class SchedulerManager:
         for pool in self.pools():
             caps = pool["capabilities"]
             room = caps["total_capacity_gb"] * caps["max_over_subscription_ratio"]
-            if caps["provisioned_capacity_gb"] + size <= room:
+            # cinder's CapacityFilter: a backend with no free space takes nothing
+            if caps["free_capacity_gb"] > 0 and caps["provisioned_capacity_gb"] + size <= room:
                 chosen = pool["name"]
         if chosen is None:
             svc.api.set_status(ctx, volume_id, status="error",

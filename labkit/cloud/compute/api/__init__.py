@@ -22,9 +22,11 @@ from labkit.cloud.compute.api import (
     instance_actions,
     keypairs,
     limits,
+    migrations,
     server_external_events,
     server_groups,
     servers,
+    usage,
     versions,
     volume_attachments,
 )
@@ -33,7 +35,8 @@ from labkit.cloud.compute.api.microversion import VersionHeaderMiddleware
 
 # The API's parts; the lead appends servers, os-services, os-hypervisors, ...
 MODULES: list[ModuleType] = [flavors, keypairs, server_groups, servers, instance_actions,
-                             hosts, limits, server_external_events, volume_attachments]
+                             hosts, limits, server_external_events, volume_attachments,
+                             migrations, usage]
 
 
 def build_compute_app(nova: Any) -> Starlette:

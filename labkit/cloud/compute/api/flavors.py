@@ -284,7 +284,9 @@ def _access_body(flavor_id: str, projects: list[str]) -> dict[str, Any]:
 async def access_index(request: Request) -> Response:
     token = context(request)
     version(request)
-    policy_check(token, ACCESS, admin_only=True)
+    # admin_or_owner in nova of the 2.79 era, which lets every caller pass (nova bug
+    # 1867840): a member lists who shares a private flavor it can see
+    policy_check(token, ACCESS, admin_only=False)
     flavor = _visible_flavor(request)
     return JSONResponse(_access_body(flavor["flavorid"],
                                      _flavors(request).access(flavor["flavorid"])))

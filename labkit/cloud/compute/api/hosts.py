@@ -2,7 +2,10 @@
 os-aggregates.
 
 Services and hypervisors are identified by UUID (microversion 2.53 on). A service
-is "up" while its component listens on the message bus and is not forced down.
+is "up" while its heartbeats are recent (within service_down_time) and it is not
+forced down (servicegroup.is_up). A hypervisor's usage is what placement holds on its
+resource provider (so a resize waiting for confirmation shows on both hosts), plus
+the host's reserve, as nova's resource tracker reports it.
 The lab defines no host aggregates, so os-aggregates lists none; clients such as
 `openstack hypervisor show` read the list anyway.
 """
@@ -21,11 +24,8 @@ from labkit.cloud.compute.api.microversion import version
 from labkit.cloud.compute.api.servers import iso_micro
 from labkit.cloud.compute.api.versions import next_links, page
 from labkit.cloud.compute.hosts import INTERNAL_ZONE, ComputeNode, Service
-from labkit.cloud.errors import BadRequest, ServiceError
+from labkit.cloud.errors import BadRequest, NotFound, ServiceError
 from labkit.cloud.http import context, read_json
-
-TOPICS = {"nova-compute": "compute.{host}", "nova-conductor": "conductor",
-          "nova-scheduler": "scheduler"}
 
 
 class HostUptimeNotImplemented(ServiceError):
@@ -45,16 +45,30 @@ def _is_uuid(value: str) -> bool:
 
 
 def _up(nova: Any, service: Service) -> bool:
-    topic = TOPICS.get(service.binary, service.topic).format(host=service.host)
-    return not service.forced_down and nova.bus_has(topic)
+    return bool(nova.service_is_up(service))
 
 
-def _service(nova: Any, row: Service) -> dict[str, Any]:
-    return {"id": row.uuid, "binary": row.binary, "host": row.host, "zone": row.zone,
-            "status": "disabled" if row.disabled else "enabled",
-            "state": "up" if _up(nova, row) else "down",
-            "disabled_reason": row.disabled_reason, "forced_down": row.forced_down,
-            "updated_at": iso_micro(row.updated_at)}
+def _usage(nova: Any, node: ComputeNode) -> dict[str, int]:
+    """vCPUs, RAM and disk from placement's usages of the node's provider; running VMs
+    from the instances on the host (nova's resource tracker counts those)."""
+    try:
+        used = nova.placement.usages(node.uuid)
+    except NotFound:  # not in placement yet: nothing allocated
+        used = {}
+    return {"vcpus": used.get("VCPU", 0), "memory_mb": used.get("MEMORY_MB", 0),
+            "local_gb": used.get("DISK_GB", 0),
+            "running_vms": len(nova.hosts.instance_uuids(node.host))}
+
+
+def _service(nova: Any, row: Service, request: Request) -> dict[str, Any]:
+    shown = {"id": row.uuid, "binary": row.binary, "host": row.host, "zone": row.zone,
+             "status": "disabled" if row.disabled else "enabled",
+             "state": "up" if _up(nova, row) else "down",
+             "disabled_reason": row.disabled_reason,
+             "updated_at": iso_micro(row.updated_at)}
+    if version(request).at_least("2.11"):  # forced_down came with 2.11
+        shown["forced_down"] = row.forced_down
+    return shown
 
 
 def _hypervisor(nova: Any, node: ComputeNode, detail: bool) -> dict[str, Any]:
@@ -65,7 +79,7 @@ def _hypervisor(nova: Any, node: ComputeNode, detail: bool) -> dict[str, Any]:
         "status": "disabled" if service and service.disabled else "enabled"}
     if not detail:
         return shown
-    used = nova.hosts.usage(node.host)
+    used = _usage(nova, node)
     memory_used = used["memory_mb"] + node.reserved_host_memory_mb
     shown.update({
         "vcpus": node.vcpus, "memory_mb": node.memory_mb, "local_gb": node.local_gb,
@@ -91,7 +105,7 @@ def routes(nova: Any) -> list[Route]:
         q = request.query_params
         rows = [r for r in nova.hosts.services()
                 if q.get("host", r.host) == r.host and q.get("binary", r.binary) == r.binary]
-        return JSONResponse({"services": [_service(nova, r) for r in rows]})
+        return JSONResponse({"services": [_service(nova, r, request) for r in rows]})
 
     async def update_service(request: Request) -> Response:
         admin(request, "os_compute_api:os-services:update")
@@ -112,7 +126,7 @@ def routes(nova: Any) -> list[Route]:
         if "forced_down" in body:
             values["forced_down"] = as_bool(body["forced_down"])
         row = nova.hosts.set_service(request.path_params["service_id"], **values)
-        return JSONResponse({"service": _service(nova, row)})
+        return JSONResponse({"service": _service(nova, row, request)})
 
     def _nodes(request: Request) -> list[ComputeNode]:
         nodes = nova.hosts.nodes()

@@ -1,5 +1,5 @@
-"""/v2.1/servers: create, list, show, update, delete, and the actions stop, start, reboot
-and os-getConsoleOutput.
+"""/v2.1/servers: create, list, show, update, delete, and the actions stop, start, reboot,
+resize, confirmResize, revertResize and os-getConsoleOutput.
 
 The body a server shows depends on the microversion (2.3 extended attributes,
 2.9 locked, 2.16 host_status, 2.19 description, 2.26 tags, 2.47 the flavor
@@ -96,6 +96,12 @@ CONSOLE_OUTPUT = {"type": "object", "properties": {"os-getConsoleOutput": {
     "type": "object", "properties": {"length": {
         "type": ["integer", "string", "null"], "pattern": "^-?[0-9]+$", "minimum": -1}},
     "additionalProperties": False}}}
+
+RESIZE = {"type": "object", "properties": {"resize": {
+    "type": "object", "properties": {
+        "flavorRef": {"type": ["string", "integer"], "minLength": 1},
+        "OS-DCF:diskConfig": {"type": "string", "enum": ["AUTO", "MANUAL"]}},
+    "required": ["flavorRef"], "additionalProperties": False}}}
 
 
 def _ctx(request: Request) -> MessageContext:
@@ -233,9 +239,10 @@ class ServerView:
         service = self.nova.hosts.compute_service(host)
         if service is None:
             return "UNKNOWN"
-        if service.forced_down or not self.nova.bus_has(f"compute.{host}"):
-            return "DOWN"
-        return "MAINTENANCE" if service.disabled else "UP"
+        if self.nova.service_is_up(service):
+            return "MAINTENANCE" if service.disabled else "UP"
+        # nova: forced down is known to be DOWN; a service that stopped reporting is UNKNOWN
+        return "DOWN" if service.forced_down else "UNKNOWN"
 
     def _fault(self, server: dict[str, Any], instance: Instance) -> None:
         with self.nova.database.session() as s:
@@ -472,6 +479,16 @@ def routes(nova: Any) -> list[Route]:
                     "type": "string", "enum": ["HARD", "Hard", "hard", "SOFT", "Soft", "soft"]}},
                 "required": ["type"], "additionalProperties": False}}})
             servers.reboot(ctx, uuid, args["type"].upper())
+        elif name == "resize":
+            validate(body, RESIZE)
+            servers.resize(ctx, uuid, str(args["flavorRef"]))
+        elif name == "confirmResize":
+            validate(body, {"type": "object", "properties": {"confirmResize": {"type": "null"}}})
+            servers.confirm_resize(ctx, uuid)
+            return Response(status_code=204)
+        elif name == "revertResize":
+            validate(body, {"type": "object", "properties": {"revertResize": {"type": "null"}}})
+            servers.revert_resize(ctx, uuid)
         elif name == "os-getConsoleOutput":
             validate(body, CONSOLE_OUTPUT)
             length = (args or {}).get("length")
