@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -72,10 +73,13 @@ def wait_for(fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: flo
     return value
 
 
-def start_cloud(home: Path, deterministic: bool = True, virt: str = "model") -> CloudInfo:
+def start_cloud(home: Path, deterministic: bool = True, virt: str = "model",
+                **settings: Any) -> CloudInfo:
     """Start a cloud on this state folder (or reuse the one running there). The API tests
-    run on the model driver; tests of real guests ask for `virt="qemu"`."""
-    return process.up(CloudSettings(home=home, deterministic=deterministic, virt=virt))
+    run on the model driver; tests of real guests ask for `virt="qemu"`. Other settings
+    (`service_down_time=1.0`, ...) are passed on to CloudSettings."""
+    return process.up(CloudSettings(home=home, deterministic=deterministic, virt=virt,
+                                    **settings))
 
 
 def stop_cloud(home: Path) -> None:
@@ -84,6 +88,17 @@ def stop_cloud(home: Path) -> None:
     process.down(home)
     if info is not None:
         assert not pid_alive(info.pid), f"the cloud (pid {info.pid}) outlived `down`"
+
+
+@contextmanager
+def running_cloud(home: Path, **settings: Any) -> Iterator[CloudInfo]:
+    """A cloud started on this state folder (see start_cloud) for the `with` block, then
+    stopped and checked gone: what a module's `cloud` fixture yields."""
+    info = start_cloud(home, **settings)
+    try:
+        yield info
+    finally:
+        stop_cloud(home)
 
 
 def connection(info: CloudInfo, cloud: str) -> Connection:
@@ -104,13 +119,11 @@ def password_auth(user: str, password: str, project: str | None = None) -> dict:
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudInfo]:
-    """A fresh deterministic embedded cloud in a state folder of its own, one per module."""
-    home = tmp_path_factory.mktemp("labkit-home")
-    info = start_cloud(home)
-    try:
+    """A fresh deterministic embedded cloud in a state folder of its own, one per module.
+    A module that needs other settings overrides it with `running_cloud(home, ...)`; the
+    connections below then follow that module's cloud."""
+    with running_cloud(tmp_path_factory.mktemp("labkit-home")) as info:
         yield info
-    finally:
-        stop_cloud(home)
 
 
 @pytest.fixture(scope="module")
@@ -184,10 +197,11 @@ def openstack_cli(cloud: CloudInfo) -> Callable[..., subprocess.CompletedProcess
 T = TypeVar("T")
 
 
-def in_cloud(home: Path, scenario: Callable[[Cloud], Awaitable[T]]) -> T:
-    """Run `scenario` against a deterministic cloud built in this process (no socket)."""
+def in_cloud(home: Path, scenario: Callable[[Cloud], Awaitable[T]], **settings: Any) -> T:
+    """Run `scenario` against a deterministic model cloud built in this process (no socket),
+    with these settings besides (`allow_resize_to_same_host=True`, ...)."""
     async def main() -> T:
-        cloud = Cloud(CloudSettings(home=home, deterministic=True, virt="model"),
+        cloud = Cloud(CloudSettings(home=home, deterministic=True, virt="model", **settings),
                       "http://127.0.0.1:1")
         try:
             await cloud.start()

@@ -20,7 +20,7 @@ import pytest
 from openstack.connection import Connection
 from sqlalchemy import select
 
-from conftest import auth_header, demo_context, start_cloud, stop_cloud, wait_for
+from conftest import auth_header, demo_context, in_cloud, start_cloud, stop_cloud, wait_for
 from labkit.cloud.app import Cloud
 from labkit.cloud.compute.instances import InstanceAction, InstanceActionEvent
 from labkit.cloud.compute.migrations import move_allocation
@@ -29,7 +29,6 @@ from labkit.cloud.compute.servers import CreateRequest, ServersAPI
 from labkit.cloud.compute.states import set_state
 from labkit.cloud.errors import BadRequest
 from labkit.cloud.process import CloudInfo
-from labkit.cloud.settings import CloudSettings
 
 IMAGE = "6b4f1c2e-4d4a-4c55-9a57-1a5b0f3c7d21"  # labkit-tiny
 NANO, TINY, SMALL = "42", "1", "2"
@@ -451,20 +450,6 @@ def test_verify_resize_survives_a_restart(cloud: CloudInfo, http: httpx.Client,
 # -- in the test's own process: other settings, a cut-off resize ---------------------------
 
 
-def run_cloud(home: Path, scenario: Callable[[Cloud], Any], **settings: Any) -> Any:
-    """Run `scenario` on a model cloud built in this process, with these settings."""
-    async def main() -> Any:
-        cloud = Cloud(CloudSettings(home=home, deterministic=True, virt="model", **settings),
-                      "http://127.0.0.1:1")
-        try:
-            await cloud.start()
-            return await scenario(cloud)
-        finally:
-            await cloud.stop()
-            cloud.close()
-    return asyncio.run(main())
-
-
 async def boot_in(cloud: Cloud, name: str, flavor: str = NANO) -> str:
     ctx = demo_context(cloud, f"req-boot-{name}")
     _, (uuid,) = ServersAPI(cloud.compute).create(
@@ -482,15 +467,35 @@ def row(cloud: Cloud, uuid: str) -> Any:
         return cloud.compute.instances.get(s, uuid)
 
 
+def failed_migration(cloud: Cloud, uuid: str) -> tuple[Any, str]:
+    """A resize that failed: its one migration is in error and the instance has a fault.
+    (the migration, the fault's message)"""
+    nova = cloud.compute
+    (migration,) = nova.migrations.for_instance(uuid)
+    assert migration.status == "error"
+    with nova.database.session() as s:
+        fault = nova.instances.latest_fault(s, uuid)
+    assert fault is not None
+    return migration, fault.message
+
+
+async def boot_on_a_lone_host(cloud: Cloud, name: str) -> tuple[str, str]:
+    """A server booted, then every other compute host disabled: (its uuid, its host)."""
+    uuid = await boot_in(cloud, name)
+    host = row(cloud, uuid).host
+    for other in cloud.compute.computes:
+        if other != host:
+            service = cloud.compute.hosts.compute_service(other)
+            assert service is not None
+            cloud.compute.hosts.set_service(service.uuid, disabled=True,
+                                            disabled_reason="test")
+    return uuid, host
+
+
 def test_resize_to_the_same_host_when_allowed(tmp_path: Path) -> None:
     async def scenario(cloud: Cloud) -> None:
         nova = cloud.compute
-        uuid = await boot_in(cloud, "same-host")
-        host = row(cloud, uuid).host
-        other = next(h for h in nova.computes if h != host)
-        service = nova.hosts.compute_service(other)
-        assert service is not None
-        nova.hosts.set_service(service.uuid, disabled=True, disabled_reason="test")
+        uuid, host = await boot_on_a_lone_host(cloud, "same-host")
         api, ctx = ServersAPI(nova), demo_context(cloud, "req-same-host")
         api.resize(ctx, uuid, TINY)
         await settle(cloud)
@@ -524,29 +529,21 @@ def test_resize_to_the_same_host_when_allowed(tmp_path: Path) -> None:
             node: {"DISK_GB": 1, "MEMORY_MB": 512, "VCPU": 1}}
         guests = nova.computes[host].driver.guests  # type: ignore[attr-defined]
         assert uuid in guests and f"{uuid}_resize" not in guests
-    run_cloud(tmp_path, scenario, allow_resize_to_same_host=True)
+    in_cloud(tmp_path, scenario, allow_resize_to_same_host=True)
 
 
 def test_without_same_host_a_lone_host_is_no_valid_host(tmp_path: Path) -> None:
     async def scenario(cloud: Cloud) -> None:
         nova = cloud.compute
-        uuid = await boot_in(cloud, "lone")
-        host = row(cloud, uuid).host
-        other = next(h for h in nova.computes if h != host)
-        service = nova.hosts.compute_service(other)
-        assert service is not None
-        nova.hosts.set_service(service.uuid, disabled=True, disabled_reason="test")
+        uuid, host = await boot_on_a_lone_host(cloud, "lone")
         ServersAPI(nova).resize(demo_context(cloud, "req-lone"), uuid, TINY)
         await settle(cloud)
         instance = row(cloud, uuid)
         assert (instance.status, instance.host, instance.flavor["name"]) == (
             "ACTIVE", host, "m1.nano")
-        (migration,) = nova.migrations.for_instance(uuid)
-        assert migration.status == "error"
-        with nova.database.session() as s:
-            fault = nova.instances.latest_fault(s, uuid)
-        assert fault is not None and fault.message.startswith("No valid host was found.")
-    run_cloud(tmp_path, scenario)
+        message = failed_migration(cloud, uuid)[1]
+        assert message.startswith("No valid host was found.")
+    in_cloud(tmp_path, scenario)
 
 
 def test_auto_confirm_after_the_window(tmp_path: Path) -> None:
@@ -570,7 +567,7 @@ def test_auto_confirm_after_the_window(tmp_path: Path) -> None:
             nova_user = cloud.identity.list("user", {"name": "nova"})[0].id
             assert [(a.action, a.user_id == nova_user) for a in actions][-1] == (
                 "confirmResize", True)
-    run_cloud(tmp_path, scenario, resize_confirm_window=1, report_interval=0.2)
+    in_cloud(tmp_path, scenario, resize_confirm_window=1, report_interval=0.2)
 
 
 def test_without_a_window_nothing_is_confirmed(tmp_path: Path) -> None:
@@ -582,7 +579,7 @@ def test_without_a_window_nothing_is_confirmed(tmp_path: Path) -> None:
         assert row(cloud, uuid).status == "VERIFY_RESIZE"
         # only a finished resize older than the cut-off is confirmed
         assert await confirm_unconfirmed(cloud.compute, 0.0) == []
-    run_cloud(tmp_path, scenario, report_interval=0.1)
+    in_cloud(tmp_path, scenario, report_interval=0.1)
 
 
 def test_quota_refuses_a_resize_that_grows_too_much(tmp_path: Path) -> None:
@@ -599,7 +596,7 @@ def test_quota_refuses_a_resize_that_grows_too_much(tmp_path: Path) -> None:
         assert row(cloud, uuid).task_state is None
         with pytest.raises(BadRequest):
             ServersAPI(nova).resize(ctx, uuid, "no-such-flavor")
-    run_cloud(tmp_path, scenario)
+    in_cloud(tmp_path, scenario)
 
 
 def test_a_resize_cut_off_by_a_restart_ends_in_error(tmp_path: Path) -> None:
@@ -626,19 +623,16 @@ def test_a_resize_cut_off_by_a_restart_ends_in_error(tmp_path: Path) -> None:
         uuid = holder["uuid"]
         instance = row(cloud, uuid)
         assert (instance.status, instance.task_state) == ("ERROR", None)
-        (migration,) = nova.migrations.for_instance(uuid)
-        assert migration.status == "error"
-        with nova.database.session() as s:
-            fault = nova.instances.latest_fault(s, uuid)
-        assert fault is not None and "restarted during the resize" in fault.message
+        migration, message = failed_migration(cloud, uuid)
+        assert "restarted during the resize" in message
         # the source's allocation is the instance's again
         node = nova.hosts.node_for(holder["host"]).uuid
         assert nova.placement.allocations_for(migration.uuid) == {}
         assert nova.placement.allocations_for(uuid) == {
             node: {"DISK_GB": 1, "MEMORY_MB": 128, "VCPU": 1}}
 
-    run_cloud(tmp_path, cut_off)
-    run_cloud(tmp_path, after)
+    in_cloud(tmp_path, cut_off)
+    in_cloud(tmp_path, after)
 
 
 def test_deleting_a_resized_server_confirms_first(tmp_path: Path) -> None:
@@ -659,7 +653,7 @@ def test_deleting_a_resized_server_confirms_first(tmp_path: Path) -> None:
         assert nova.placement.allocations_for(uuid) == {}
         guests = nova.computes[source].driver.guests  # type: ignore[attr-defined]
         assert f"{uuid}_resize" not in guests
-    run_cloud(tmp_path, scenario)
+    in_cloud(tmp_path, scenario)
 
 
 def test_a_failing_hypervisor_leaves_error_and_the_migration_in_error(
@@ -676,16 +670,12 @@ def test_a_failing_hypervisor_leaves_error_and_the_migration_in_error(
         await settle(cloud)
         instance = row(cloud, uuid)
         assert (instance.status, instance.task_state) == ("ERROR", None)
-        (migration,) = nova.migrations.for_instance(uuid)
-        assert migration.status == "error"
+        assert failed_migration(cloud, uuid)[1] == "the hypervisor refused to define the guest"
         with nova.database.session() as s:
-            fault = nova.instances.latest_fault(s, uuid)
             events = s.scalars(select(InstanceActionEvent).join(
                 InstanceAction, InstanceAction.id == InstanceActionEvent.action_id).where(
                 InstanceAction.instance_uuid == uuid, InstanceAction.action == "resize")).all()
-        assert fault is not None and fault.message == (
-            "the hypervisor refused to define the guest")
         assert [(e.event, e.result) for e in events] == [
             ("compute_prep_resize", "Success"), ("compute_resize_instance", "Success"),
             ("compute_finish_resize", "Error")]
-    run_cloud(tmp_path, scenario)
+    in_cloud(tmp_path, scenario)

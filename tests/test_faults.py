@@ -30,6 +30,7 @@ from conftest import (
     console_script,
     demo_context,
     in_cloud,
+    running_cloud,
     stop_cloud,
     wait_for,
 )
@@ -57,13 +58,9 @@ KINDS = ["compute-down", "agent-down", "port-binding", "image-download",
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudInfo]:
-    home = tmp_path_factory.mktemp("labkit-home")
-    info = process.up(CloudSettings(home=home, deterministic=True, virt="model",
-                                    service_down_time=1.0, report_interval=0.2))
-    try:
+    with running_cloud(tmp_path_factory.mktemp("labkit-home"), service_down_time=1.0,
+                       report_interval=0.2) as info:
         yield info
-    finally:
-        stop_cloud(home)
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +122,28 @@ def reschedule_reasons(http: httpx.Client, server_id: str) -> list[tuple[str, st
     return [(e["source"], e["detail"]["args"]["reason"]) for e in server_trace(http, server_id)
             if e["kind"] == "rpc" and e["detail"].get("method") == "build_instances"
             and e["detail"].get("args", {}).get("failed_host")]
+
+
+def rescheduled_to_compute_1(http: httpx.Client, demo: Connection, admin: Connection,
+                             name: str, networks: Any = "none") -> tuple[Any, str]:
+    """Boot with a fault on compute-2: the build there fails and goes back to the
+    conductor, which reschedules it to compute-1. (the ACTIVE server, compute-2's reason)"""
+    server = boot(demo, name, networks)
+    assert server.status == "ACTIVE"
+    assert admin.compute.get_server(server.id).compute_host == "compute-1"
+    ((host, reason),) = reschedule_reasons(http, server.id)
+    assert host == "nova-compute@compute-2"
+    return server, reason
+
+
+def mended(http: httpx.Client, demo: Connection, faults: list[dict[str, Any]], name: str,
+           networks: Any = "none") -> Any:
+    """Clear the faults: the same boot is ACTIVE again (the server)."""
+    for fault in faults:
+        clear(http, fault)
+    server = boot(demo, name, networks)
+    assert server.status == "ACTIVE"
+    return server
 
 
 def delete_all(conn: Connection) -> None:
@@ -276,24 +295,18 @@ def test_image_download_failing_everywhere_ends_in_max_retries(
     downloads = [e["source"] for e in server_trace(admin_http, server.id)
                  if e["summary"] == f"GET /image/v2/images/{IMAGE}/file -> 503"]
     assert sorted(downloads) == ["nova-compute@compute-1", "nova-compute@compute-2"]
-    clear(admin_http, fault)
-    again = boot(demo_conn, "image-back")
-    assert again.status == "ACTIVE"
+    mended(admin_http, demo_conn, [fault], "image-back")
     delete_all(demo_conn)
 
 
 def test_a_full_instances_disk_reschedules_then_fails_everywhere(
         admin_http: httpx.Client, demo_conn: Connection, admin_conn: Connection) -> None:
     full = inject(admin_http, "instances-disk-full", host="compute-2")
-    server = boot(demo_conn, "disk-full")
-    assert server.status == "ACTIVE"
-    assert admin_conn.compute.get_server(server.id).compute_host == "compute-1"
+    server, reason = rescheduled_to_compute_1(admin_http, demo_conn, admin_conn, "disk-full")
     # nova's reschedule: the build on compute-2 ends normally and goes back to the conductor
     assert build_events(admin_conn, server.id) == [
         ("compute__do_build_and_run_instance", "Success", "compute-2"),
         ("compute__do_build_and_run_instance", "Success", "compute-1")]
-    ((host, reason),) = reschedule_reasons(admin_http, server.id)
-    assert host == "nova-compute@compute-2"
     assert reason.startswith("Unexpected error while running command.")
     assert [(e["source"], e["summary"]) for e in server_trace(admin_http, server.id)
             if e["summary"].startswith("qemu-img")] == [
@@ -303,21 +316,15 @@ def test_a_full_instances_disk_reschedules_then_fails_everywhere(
     assert doomed.status == "ERROR"
     assert admin_conn.compute.get_server(doomed.id).fault["message"].startswith(
         "Exceeded maximum number of retries.")
-    clear(admin_http, full)
-    clear(admin_http, also)
-    fine = boot(demo_conn, "disk-freed")
-    assert fine.status == "ACTIVE"
+    mended(admin_http, demo_conn, [full, also], "disk-freed")
     delete_all(demo_conn)
 
 
 def test_a_port_that_cannot_bind_on_a_host_reschedules(
         admin_http: httpx.Client, demo_conn: Connection, admin_conn: Connection) -> None:
     fault = inject(admin_http, "port-binding", host="compute-2")
-    server = boot(demo_conn, "unbindable", demo_net(demo_conn))
-    assert server.status == "ACTIVE"
-    assert admin_conn.compute.get_server(server.id).compute_host == "compute-1"
-    ((host, reason),) = reschedule_reasons(admin_http, server.id)
-    assert host == "nova-compute@compute-2"
+    server, reason = rescheduled_to_compute_1(admin_http, demo_conn, admin_conn, "unbindable",
+                                              demo_net(demo_conn))
     assert reason.startswith("Binding failed for port")
     binds = [e["summary"] for e in server_trace(admin_http, server.id)
              if e["summary"].startswith("bind port")]
@@ -325,9 +332,7 @@ def test_a_port_that_cannot_bind_on_a_host_reschedules(
     # the agent is alive all along: it is the binding that fails
     agents = [a for a in admin_conn.network.agents(host="compute-2", binary=OVS)]
     assert [a.is_alive for a in agents] == [True]
-    clear(admin_http, fault)
-    fine = boot(demo_conn, "bindable", demo_net(demo_conn))
-    assert fine.status == "ACTIVE"
+    fine = mended(admin_http, demo_conn, [fault], "bindable", demo_net(demo_conn))
     assert admin_conn.compute.get_server(fine.id).compute_host == "compute-2"
     delete_all(demo_conn)
 
@@ -402,9 +407,7 @@ def test_a_wrong_nova_password_aborts_the_build_without_reschedule(
     refused = [e for e in server_trace(admin_http, server.id)
                if e["kind"] == "api" and e["summary"] == "POST /identity/v3/auth/tokens -> 401"]
     assert refused and refused[0]["source"].startswith("nova-compute@")
-    clear(admin_http, fault)
-    fine = boot(demo_conn, "network-again", demo_net(demo_conn))
-    assert fine.status == "ACTIVE"
+    mended(admin_http, demo_conn, [fault], "network-again", demo_net(demo_conn))
     delete_all(demo_conn)
 
 

@@ -24,13 +24,12 @@ from openstack.connection import Connection
 
 from conftest import (
     clean_env,
-    connection,
     console_script,
     demo_context,
-    stop_cloud,
+    in_cloud,
+    running_cloud,
     wait_for,
 )
-from labkit.cloud import process
 from labkit.cloud.app import Cloud
 from labkit.cloud.bus import MessageBus, MessageContext, MessagingTimeout
 from labkit.cloud.compute.api.hosts import _hypervisor
@@ -55,28 +54,10 @@ BUILD_TIMEOUT = 60  # a guard against a hung build, never a claim about speed
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudInfo]:
-    home = tmp_path_factory.mktemp("labkit-ops")
-    info = process.up(CloudSettings(home=home, deterministic=True, virt="model",
-                                    report_interval=REPORT_INTERVAL,
-                                    service_down_time=SERVICE_DOWN_TIME))
-    try:
+    """conftest's cloud with short heartbeats (its demo_conn and admin_conn follow it)."""
+    with running_cloud(tmp_path_factory.mktemp("labkit-ops"), report_interval=REPORT_INTERVAL,
+                       service_down_time=SERVICE_DOWN_TIME) as info:
         yield info
-    finally:
-        stop_cloud(home)
-
-
-@pytest.fixture(scope="module")
-def admin_conn(cloud: CloudInfo) -> Iterator[Connection]:
-    conn = connection(cloud, ADMIN)
-    yield conn
-    conn.close()
-
-
-@pytest.fixture(scope="module")
-def demo_conn(cloud: CloudInfo) -> Iterator[Connection]:
-    conn = connection(cloud, "labkit")
-    yield conn
-    conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -317,17 +298,7 @@ def test_network_agents_are_alive_while_they_report(cli: Run) -> None:
 
 def in_quick_cloud(home: Path, scenario: Callable[[Cloud], Any]) -> Any:
     """A deterministic cloud in this process whose services go down after 1 s."""
-    async def main() -> Any:
-        cloud = Cloud(CloudSettings(home=home, deterministic=True, virt="model",
-                                    report_interval=REPORT_INTERVAL, service_down_time=1.0),
-                      "http://127.0.0.1:1")
-        try:
-            await cloud.start()
-            return await scenario(cloud)
-        finally:
-            await cloud.stop()
-            cloud.close()
-    return asyncio.run(main())
+    return in_cloud(home, scenario, report_interval=REPORT_INTERVAL, service_down_time=1.0)
 
 
 def compute_up(cloud: Cloud, host: str) -> bool:
