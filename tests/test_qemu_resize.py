@@ -472,8 +472,10 @@ def test_resize_through_the_sdk_moves_the_guest_with_its_volume_and_ssh(
             fwd = forward(http, token, server.id, address)
             deadline = time.monotonic() + 60
             while True:  # a volume of a guest that just booted may take a moment
-                out = ssh_ok(fwd["port"], key, "grep MemTotal /proc/meminfo; nproc; "
-                                               "cat /sys/block/vdb/serial 2>/dev/null").split()
+                # `|| true`: a volume not plugged yet is a retry here, not a failure
+                out = ssh_ok(fwd["port"], key, "grep MemTotal /proc/meminfo; nproc; cat "
+                                               "/sys/block/vdb/serial 2>/dev/null || true"
+                             ).split()
                 if len(out) == 5 or time.monotonic() > deadline:
                     break
                 time.sleep(1)

@@ -65,9 +65,15 @@ class SchedulerManager:
             if caps["free_capacity_gb"] > 0 and caps["provisioned_capacity_gb"] + size <= room:
                 chosen = pool["name"]
         if chosen is None:
-            svc.api.set_status(ctx, volume_id, status="error",
-                               error="No valid backend was found. No weighed backends "
-                                     "available")
+            reason = "No valid backend was found. No weighed backends available"
+            # what cinder-scheduler logs as its error: the only word of why, besides the row
+            svc.trace.record(TraceEvent(kind="event", source=self.component,
+                                        target=self.component,
+                                        summary=f"volume {volume_id[:8]}…: {reason}",
+                                        request_id=ctx.request_id,
+                                        detail={"volume_id": volume_id, "error": reason,
+                                                "pools": [p["name"] for p in self.pools()]}))
+            svc.api.set_status(ctx, volume_id, status="error", error=reason)
             return
         svc.trace.record(TraceEvent(kind="event", source=self.component, target="cinder-db",
                                     summary=f"volume {volume_id[:8]}… → {chosen}",
