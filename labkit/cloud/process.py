@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -115,10 +116,30 @@ def down(home: Path | None = None, timeout: float = 10) -> bool:
     running."""
     home = home or cloud_home()
     try:
-        return _stop_server(home, timeout)
+        stopped = _stop_server(home, timeout)
+        # a server of this folder that cloud.json does not name (two starts that raced):
+        # stopping "the cloud" means every one of them
+        return _stop_strays(home, timeout) or stopped
     finally:
         # guests of a cloud that crashed, or that did not stop them in time
         _kill_guests(home)
+
+
+def _stop_strays(home: Path, timeout: float) -> bool:
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return False
+    pids = [int(p.name) for p in proc.iterdir()
+            if p.name.isdigit() and int(p.name) != os.getpid() and _serves(int(p.name), home)]
+    for pid in pids:
+        _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in pids:
+        if _alive(pid):
+            _signal_group(pid, signal.SIGKILL)
+    return bool(pids)
 
 
 def _kill_guests(home: Path) -> None:
@@ -199,9 +220,10 @@ def _serves(pid: int, home: Path) -> bool:
 def _signal_group(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
-    except PermissionError:
+        return
+    except (ProcessLookupError, PermissionError):
+        pass  # not a group leader (a server someone else started), or not ours to group
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
 
 

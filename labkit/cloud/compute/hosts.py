@@ -68,10 +68,6 @@ class ComputeNode(ComputeBase):
     updated_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
-class Usage(dict[str, int]):
-    """What a host's instances use: vcpus, memory_mb, local_gb, running_vms."""
-
-
 class Hosts:
     def __init__(self, db: Database, ids: IdSource, lab: Path) -> None:
         self.db = db
@@ -189,18 +185,6 @@ class Hosts:
             if row is None:
                 raise NotFound(f"Compute host {host} could not be found.")
             return row
-
-    def usage(self, host: str) -> Usage:
-        """Summed from the instances on the host, as the resource tracker does."""
-        with self.db.session() as s:
-            flavors = s.scalars(select(Instance.flavor).where(
-                Instance.host == host, Instance.deleted.is_(False))).all()
-        used = Usage(vcpus=0, memory_mb=0, local_gb=0, running_vms=len(flavors))
-        for flavor in flavors:
-            used["vcpus"] += flavor["vcpus"]
-            used["memory_mb"] += flavor["memory_mb"]
-            used["local_gb"] += flavor["root_gb"] + flavor.get("ephemeral_gb", 0)
-        return used
 
     def instance_uuids(self, host: str) -> set[str]:
         with self.db.session() as s:
