@@ -150,19 +150,19 @@ async def _maybe_await(value: Any) -> None:
         await value
 
 
-async def _stop_compute(cloud: Cloud, fault: Fault) -> None:
-    await _maybe_await(cloud.compute.stop_compute(fault.params["host"]))
+def _stop_compute(cloud: Cloud, fault: Fault) -> None:
+    cloud.compute.stop_compute(fault.params["host"])
 
 
-async def _start_compute(cloud: Cloud, fault: Fault) -> None:
-    await _maybe_await(cloud.compute.start_compute(fault.params["host"]))
+def _start_compute(cloud: Cloud, fault: Fault) -> None:
+    cloud.compute.start_compute(fault.params["host"])
 
 
 async def _stop_agent(cloud: Cloud, fault: Fault) -> None:
     await cloud.network.agents.stop_agent(fault.params["host"], fault.params["binary"])
 
 
-async def _start_agent(cloud: Cloud, fault: Fault) -> None:
+def _start_agent(cloud: Cloud, fault: Fault) -> None:
     cloud.network.agents.start_agent(fault.params["host"], fault.params["binary"])
 
 
@@ -172,7 +172,7 @@ def _exhaust_quota(cloud: Cloud, fault: Fault) -> None:
     quotas, project, resource = (cloud.compute.quotas, fault.params["project"],
                                  fault.params["resource"])
     if "had_own_limit" not in fault.saved:
-        own = _own_limit(cloud, project, resource)
+        own = quotas.own_limit(project, resource)
         fault.saved.update(had_own_limit=own is not None, limit=own)
     used = quotas.usage(project)[resource]
     quotas.set_limits(project, {resource: used}, force=True)
@@ -182,25 +182,8 @@ def _restore_quota(cloud: Cloud, fault: Fault) -> None:
     project, resource = fault.params["project"], fault.params["resource"]
     if fault.saved.get("had_own_limit"):
         cloud.compute.quotas.set_limits(project, {resource: fault.saved["limit"]}, force=True)
-        return
-    from sqlalchemy import delete
-
-    from labkit.cloud.compute.quotas import QuotaLimit
-
-    # no limit of its own before: nova's default applies again
-    with cloud.compute.database.session() as s:
-        s.execute(delete(QuotaLimit).where(QuotaLimit.project_id == project,
-                                           QuotaLimit.resource == resource))
-
-
-def _own_limit(cloud: Cloud, project: str, resource: str) -> int | None:
-    from sqlalchemy import select
-
-    from labkit.cloud.compute.quotas import QuotaLimit
-
-    with cloud.compute.database.session() as s:
-        return s.scalar(select(QuotaLimit.hard_limit).where(
-            QuotaLimit.project_id == project, QuotaLimit.resource == resource))
+    else:  # no limit of its own before: nova's default applies again
+        cloud.compute.quotas.reset(project, resource)
 
 
 KINDS: dict[str, FaultKind] = {k.kind: k for k in (

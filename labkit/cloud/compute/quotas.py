@@ -78,9 +78,19 @@ class Quotas:
                     row.hard_limit = value
         return self.limits(project_id)
 
-    def reset(self, project_id: str) -> None:
+    def own_limit(self, project_id: str, resource: str) -> int | None:
+        """The project's own limit of `resource`; None when nova's default applies."""
         with self.db.session() as s:
-            for row in s.scalars(select(QuotaLimit).where(QuotaLimit.project_id == project_id)):
+            return s.scalar(select(QuotaLimit.hard_limit).where(
+                QuotaLimit.project_id == project_id, QuotaLimit.resource == resource))
+
+    def reset(self, project_id: str, resource: str | None = None) -> None:
+        """Back to nova's defaults: every limit of the project, or only `resource`'s."""
+        query = select(QuotaLimit).where(QuotaLimit.project_id == project_id)
+        if resource is not None:
+            query = query.where(QuotaLimit.resource == resource)
+        with self.db.session() as s:
+            for row in s.scalars(query):
                 s.delete(row)
 
     def usage(self, project_id: str) -> dict[str, int]:
@@ -110,3 +120,19 @@ class Quotas:
         raise QuotaExceeded(
             f"Quota exceeded for {over}: Requested {each[over] * min_count}, but already "
             f"used {used[over]} of {limits[over]} {over}")
+
+    def check_upsize(self, project_id: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+        """A resize from flavor `old` to `new` (nova's _check_quota_for_upsize): only what
+        grows (cores, ram) is checked; QuotaExceeded with nova's message when over."""
+        limits = self.limits(project_id)
+        used = self.usage(project_id)
+        deltas = {"cores": new["vcpus"] - old.get("vcpus", 0),
+                  "ram": new["memory_mb"] - old.get("memory_mb", 0)}
+        over = [r for r, d in deltas.items()
+                if d > 0 and limits[r] >= 0 and used[r] + d > limits[r]]
+        if over:
+            raise QuotaExceeded(
+                f"Quota exceeded for {', '.join(over)}: Requested "
+                f"{', '.join(str(deltas[r]) for r in over)}, but already used "
+                f"{', '.join(str(used[r]) for r in over)} of "
+                f"{', '.join(str(limits[r]) for r in over)} {', '.join(over)}")

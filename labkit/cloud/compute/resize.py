@@ -35,10 +35,6 @@ from labkit.cloud.compute.instances import SHUTDOWN, Instance
 from labkit.cloud.compute.migrations import Migration, move_allocation
 from labkit.cloud.errors import NotFound
 
-
-class TaskChanged(Exception):
-    """The instance is no longer in the task this operation was started for (deleted)."""
-
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
@@ -49,6 +45,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 RESIZE_TASKS = ("resize_prep", "resize_migrating", "resize_migrated", "resize_finish",
                 "resize_reverting")
+
+
+class TaskChanged(Exception):
+    """The instance is no longer in the task this operation was started for (deleted)."""
 
 
 class ResizeSteps:
@@ -74,10 +74,6 @@ class ResizeSteps:
         @staticmethod
         def _guest_spec(ctx: MessageContext, instance: Instance, spec: dict[str, Any],
                         network_info: list[dict[str, Any]]) -> GuestSpec: ...
-
-    async def _resize_pause(self, uuid: str) -> None:
-        """The pace's pause (and a slow-step fault's, when the instance's task matches)."""
-        await self._pause(uuid)
 
     async def _move_step(self, ctx: MessageContext, uuid: str, migration_id: int,
                          event: str, work: Callable[[Migration], Awaitable[None]]) -> None:
@@ -128,7 +124,7 @@ class ResizeSteps:
                           flavor: dict[str, Any], request_spec: dict[str, Any]) -> None:
         async def work(migration: Migration) -> None:
             self._step(ctx, instance_uuid, ("resize_prep",))
-            await self._resize_pause(instance_uuid)
+            await self._pause(instance_uuid)
             self._step(ctx, instance_uuid, ("resize_prep",))
             self.nova.bus.cast(ctx, f"compute.{migration.source_compute}", "resize_instance",
                                instance_uuid=instance_uuid, migration_id=migration_id)
@@ -142,7 +138,7 @@ class ResizeSteps:
             uuid, dest = instance_uuid, migration.dest_compute or self.host
             self._step(ctx, uuid, ("resize_prep",), task_state="resize_migrating")
             self.nova.migrations.update(migration_id, status="migrating")
-            await self._resize_pause(uuid)
+            await self._pause(uuid)
             self._driver_call(ctx, f"migrate_disk_and_power_off {uuid[:8]} → {dest}",
                               dest_host=dest, flavor=migration.new_flavor.get("name"))
             disk_info = await self.driver.migrate_disk_and_power_off(
@@ -168,10 +164,10 @@ class ResizeSteps:
             # the new flavor is the instance's from here on (the old one stays on the
             # migration for a revert)
             self._step(ctx, uuid, ("resize_migrated",), flavor=dict(migration.new_flavor))
-            await self._resize_pause(uuid)
+            await self._pause(uuid)
             network_info, volumes = await self._arrive(ctx, uuid)
             self._step(ctx, uuid, ("resize_migrated",), task_state="resize_finish")
-            await self._resize_pause(uuid)
+            await self._pause(uuid)
             instance = self._row(uuid)
             guest = self._guest_spec(ctx, instance, {"flavor": migration.new_flavor,
                                                      "image": self._image(instance)},
@@ -200,7 +196,7 @@ class ResizeSteps:
             row = self._row(uuid)
             if not row.deleted and row.task_state not in (None, "deleting"):
                 raise TaskChanged(f"{uuid} is now {row.vm_state}/{row.task_state}")
-            await self._resize_pause(uuid)
+            await self._pause(uuid)
             self._driver_call(ctx, f"confirm_migration {uuid[:8]}")
             await self.driver.confirm_migration(uuid, request_id=ctx.request_id)
             # the old flavor's allocation on the source is no longer needed
@@ -224,7 +220,7 @@ class ResizeSteps:
         async def work(migration: Migration) -> None:
             uuid = instance_uuid
             self._step(ctx, uuid, ("resize_reverting",))
-            await self._resize_pause(uuid)
+            await self._pause(uuid)
             self._driver_call(ctx, f"destroy {uuid[:8]} (the resized guest)")
             await self.driver.destroy(uuid)
             self._unplug_vifs(ctx, uuid)
@@ -248,7 +244,7 @@ class ResizeSteps:
                        host=self.host, node=node.hypervisor_hostname,
                        availability_zone=node.availability_zone)
             network_info, volumes = await self._arrive(ctx, uuid)
-            await self._resize_pause(uuid)
+            await self._pause(uuid)
             instance = self._row(uuid)
             guest = self._guest_spec(ctx, instance, {"flavor": migration.old_flavor,
                                                      "image": self._image(instance)},

@@ -22,7 +22,6 @@ from labkit.cloud.compute.block_devices import BlockDeviceMapping, match_device
 from labkit.cloud.compute.cinder import InvalidInput, InvalidVolume, VolumeNotFound
 from labkit.cloud.compute.instances import NOSTATE, Instance
 from labkit.cloud.compute.migrations import Migration
-from labkit.cloud.compute.quotas import QuotaExceeded
 from labkit.cloud.compute.states import set_state
 from labkit.cloud.errors import BadRequest, Conflict, Forbidden, NotFound
 from labkit.cloud.virt.driver import GuestNotFound
@@ -446,7 +445,7 @@ class ServersAPI:
             # nova finds this on the source host (the libvirt driver refuses); the lab's
             # API says it before anything moves
             raise BadRequest("Resize error: Unable to resize disk down.")
-        self._check_upsize_quota(instance.project_id, old, flavor)
+        nova.quotas.check_upsize(instance.project_id, old, flavor)
         new = kept_flavor(flavor)
         with nova.database.session() as s:
             nova.instances.start_action(s, uuid, "resize", ctx.request_id or "",
@@ -454,22 +453,6 @@ class ServersAPI:
         set_state(nova.trace, nova.instances, ctx, uuid, task_state="resize_prep", progress=0)
         nova.bus.cast(ctx, "conductor", "migrate_server", instance_uuid=uuid, flavor=new,
                       request_spec=self._move_spec(instance, new))
-
-    def _check_upsize_quota(self, project_id: str, old: dict[str, Any],
-                            new: dict[str, Any]) -> None:
-        """nova's _check_quota_for_upsize: only what grows is checked (cores, ram)."""
-        limits = self.nova.quotas.limits(project_id)
-        used = self.nova.quotas.usage(project_id)
-        deltas = {"cores": new["vcpus"] - old.get("vcpus", 0),
-                  "ram": new["memory_mb"] - old.get("memory_mb", 0)}
-        over = [r for r, d in deltas.items()
-                if d > 0 and limits[r] >= 0 and used[r] + d > limits[r]]
-        if over:
-            raise QuotaExceeded(
-                f"Quota exceeded for {', '.join(over)}: Requested "
-                f"{', '.join(str(deltas[r]) for r in over)}, but already used "
-                f"{', '.join(str(used[r]) for r in over)} of "
-                f"{', '.join(str(limits[r]) for r in over)} {', '.join(over)}")
 
     def _move_spec(self, instance: Instance, flavor: dict[str, Any]) -> dict[str, Any]:
         """The instance's request spec again, with the new flavor (nova keeps the boot's
@@ -529,7 +512,7 @@ class ServersAPI:
         self._check(ctx, "revertResize", instance, ("resized",))
         migration = self._finished_migration(uuid)
         # going back to the old flavor is an upsize too when it was bigger
-        self._check_upsize_quota(instance.project_id, migration.new_flavor,
+        nova.quotas.check_upsize(instance.project_id, migration.new_flavor,
                                  migration.old_flavor)
         nova.migrations.update(migration.id, status="reverting")
         with nova.database.session() as s:

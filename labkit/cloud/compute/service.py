@@ -101,7 +101,6 @@ class ComputeService:
         # nova's servicegroup: each service's heartbeat, and how old one may be
         self.service_down_time = settings.service_down_time
         self.heartbeats = Heartbeats(self.hosts.report_state, settings.report_interval)
-        self._stopped_computes: set[str] = set()
         self._register()
         self.app = api.build_compute_app(self)
 
@@ -215,7 +214,7 @@ class ComputeService:
         for component in (self.conductor, self.scheduler):
             self.heartbeats.start(controller, component.component)
         for host in self.computes:
-            if host not in self._stopped_computes:
+            if self.compute_running(host):
                 self.heartbeats.start(host, "nova-compute")
 
     def service_is_up(self, service: Any) -> bool:
@@ -225,14 +224,14 @@ class ComputeService:
     def compute_running(self, host: str) -> bool:
         """Whether nova-compute on `host` runs (it may still look up for a while after it
         stopped, and down for a while after it started: see service_is_up)."""
-        return host in self.computes and host not in self._stopped_computes
+        # a stopped nova-compute is one whose topic nobody consumes
+        return host in self.computes and not self.bus.paused(self.computes[host].topic)
 
     def stop_compute(self, host: str) -> None:
         """nova-compute on `host` stops: no more heartbeats; what is cast to it waits in
         its queue, calls to it time out. Its guests keep running, as on a real host."""
         if host not in self.computes:
             raise KeyError(f"no compute host {host!r}")
-        self._stopped_computes.add(host)
         self.heartbeats.stop(host, "nova-compute")
         self.bus.pause(self.computes[host].topic)
         self.trace.record(TraceEvent(
@@ -245,8 +244,7 @@ class ComputeService:
         what waited in its queue, in order."""
         if host not in self.computes:
             raise KeyError(f"no compute host {host!r}")
-        was_stopped = host in self._stopped_computes
-        self._stopped_computes.discard(host)
+        was_stopped = not self.compute_running(host)
         topic = self.computes[host].topic
         queued = self.bus.queued(topic)
         self.bus.resume(topic)
