@@ -12,7 +12,6 @@ no live migrations, so its list is empty and every id is 404, in nova's words.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -21,7 +20,7 @@ from starlette.routing import Route
 
 from labkit.cloud.compute.api.errors import policy_check
 from labkit.cloud.compute.api.microversion import APIVersion, version
-from labkit.cloud.compute.api.servers import iso_micro
+from labkit.cloud.compute.api.servers import iso_micro, query_time
 from labkit.cloud.compute.api.versions import MAX_LIMIT, next_links
 from labkit.cloud.compute.migrations import Migration, MigrationNotFound
 from labkit.cloud.errors import BadRequest, NotFound
@@ -58,15 +57,7 @@ def _single(request: Request, name: str) -> str:
 
 
 def _timestamp(request: Request, name: str) -> float:
-    """An ISO 8601 time as a timestamp; a time without a zone is UTC, as nova reads it."""
-    raw = _single(request, name)
-    try:
-        moment = datetime.fromisoformat(raw)
-    except ValueError as exc:
-        raise _invalid(name, raw, f"'{raw}' is not a 'date-time'") from exc
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    return query_time(_single(request, name), name)
 
 
 def _filters(request: Request, v: APIVersion) -> dict[str, Any]:

@@ -271,7 +271,9 @@ def _filters(request: Request, admin: bool) -> dict[str, str]:
     return {k: v for k, v in q.items() if k in allowed}
 
 
-def _since(value: str, name: str) -> float:
+def query_time(value: str, name: str) -> float:
+    """A date-time query parameter (changes-since, ...) as a timestamp; a time without a
+    zone is UTC, as nova reads it; 400 in nova's schema words."""
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
@@ -350,13 +352,13 @@ def _listed(request: Request, nova: Any) -> list[Instance]:
         query = query.where(Instance.project_id == token.project_id)
     since = filters.get("changes-since")
     if since:
-        query = query.where(Instance.updated_at >= _since(since, "changes-since"))
+        query = query.where(Instance.updated_at >= query_time(since, "changes-since"))
     else:
         deleted = token.is_admin and as_bool(filters.get("deleted", "false") or "false")
         query = query.where(Instance.deleted.is_(deleted))
     before = filters.get("changes-before")
     if before:
-        query = query.where(Instance.updated_at <= _since(before, "changes-before"))
+        query = query.where(Instance.updated_at <= query_time(before, "changes-before"))
     sort_keys = request.query_params.getlist("sort_key") or ["created_at"]
     sort_dirs = request.query_params.getlist("sort_dir") or ["desc"]
     columns = {"created_at": Instance.created_at, "updated_at": Instance.updated_at,
